@@ -1,0 +1,16 @@
+//! UmaDB core: the domain types of a Dynamic Consistency Boundary event store and, with the
+//! default `storage` feature, the LMDB storage engine behind the `umadb` server.
+
+mod error;
+#[cfg(feature = "storage")]
+mod storage;
+mod types;
+
+pub use error::{Error, Result};
+#[cfg(feature = "storage")]
+pub use storage::{Reader, Store, StoreOptions};
+pub use types::{
+    AppendCondition, AppendRequest, Event, Position, Query, QueryItem, ReadRequest, SequencedEvent,
+    TrackingInfo, MAX_STRING_LEN,
+};
+pub use uuid::Uuid;

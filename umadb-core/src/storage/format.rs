@@ -1,0 +1,396 @@
+//! Byte layouts of everything stored. `umadb-core/DESIGN.md` describes the same layouts in prose.
+
+use crate::error::{Error, Result};
+use crate::types::{Event, Position, TrackingInfo};
+use uuid::Uuid;
+
+/// Version of the on-disk format, kept in the `meta` database under [`META_FORMAT`].
+pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_MAGIC: &[u8; 8] = b"umadb-v1";
+pub const META_FORMAT: &[u8] = b"format";
+pub const META_NEXT_ID: &[u8] = b"next_intern_id";
+
+/// Positions per index chunk, as a power of two. A chunk's bitmap holds offsets within it, so an
+/// append rewrites at most one chunk per key, whatever the length of the key's history.
+pub const CHUNK_BITS: u32 = 16;
+/// Highest position the index layout can address (chunk numbers are 32 bits).
+pub const MAX_POSITION: Position = (1u64 << (32 + CHUNK_BITS)) - 1;
+
+/// Which namespace an interned string belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    EventType = 1,
+    Tag = 2,
+    Source = 3,
+}
+
+/// Record layout version of an event record (first byte of the value).
+const RECORD_V1: u8 = 1;
+const FLAG_UUID: u8 = 1;
+const FLAG_TRACKED: u8 = 2;
+/// version byte + crc32
+const RECORD_HEADER: usize = 5;
+
+pub fn position_key(position: Position) -> [u8; 8] {
+    position.to_be_bytes()
+}
+
+pub fn decode_position_key(bytes: &[u8]) -> Result<Position> {
+    let arr: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| corrupt(format!("event key has {} bytes, expected 8", bytes.len())))?;
+    Ok(Position::from_be_bytes(arr))
+}
+
+pub fn chunk_of(position: Position) -> u32 {
+    (position >> CHUNK_BITS) as u32
+}
+
+pub fn chunk_base(chunk: u32) -> Position {
+    (chunk as u64) << CHUNK_BITS
+}
+
+pub fn offset_in_chunk(position: Position) -> u32 {
+    (position & ((1u64 << CHUNK_BITS) - 1)) as u32
+}
+
+/// Index key: kind, interned id, chunk number, all big-endian so keys sort by chunk.
+pub fn index_key(kind: Kind, id: u32, chunk: u32) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = kind as u8;
+    key[1..5].copy_from_slice(&id.to_be_bytes());
+    key[5..9].copy_from_slice(&chunk.to_be_bytes());
+    key
+}
+
+/// The chunk number of an index key, if the key belongs to (`kind`, `id`).
+pub fn index_key_chunk(key: &[u8], kind: Kind, id: u32) -> Option<u32> {
+    if key.len() == 9 && key[0] == kind as u8 && key[1..5] == id.to_be_bytes() {
+        Some(u32::from_be_bytes([key[5], key[6], key[7], key[8]]))
+    } else {
+        None
+    }
+}
+
+/// Strings up to this length are their own intern key; longer ones are keyed by a hash.
+pub const INLINE_INTERN_LEN: usize = 400;
+const HASHED: u8 = 0x80;
+
+/// Intern key of a string. Long strings share a bucket per (hash, length); the bucket's value
+/// lists every string in it, so a hash collision costs a comparison, never a wrong id.
+pub fn intern_key(kind: Kind, s: &str) -> Vec<u8> {
+    let bytes = s.as_bytes();
+    if bytes.len() <= INLINE_INTERN_LEN {
+        let mut key = Vec::with_capacity(1 + bytes.len());
+        key.push(kind as u8);
+        key.extend_from_slice(bytes);
+        key
+    } else {
+        let mut key = Vec::with_capacity(13);
+        key.push(kind as u8 | HASHED);
+        key.extend_from_slice(&fnv1a64(bytes).to_be_bytes());
+        key.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        key
+    }
+}
+
+pub fn is_hashed_intern(s: &str) -> bool {
+    s.len() > INLINE_INTERN_LEN
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash ^= b as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// Finds `s` in a hashed bucket value: a sequence of (id u32, len u32, bytes).
+pub fn find_in_bucket(bucket: &[u8], s: &str) -> Result<Option<u32>> {
+    let mut r = Reader::new(bucket, "intern bucket");
+    while !r.is_empty() {
+        let id = r.u32()?;
+        let len = r.u32()? as usize;
+        if r.bytes(len)? == s.as_bytes() {
+            return Ok(Some(id));
+        }
+    }
+    Ok(None)
+}
+
+pub fn push_to_bucket(bucket: &mut Vec<u8>, id: u32, s: &str) {
+    bucket.extend_from_slice(&id.to_be_bytes());
+    bucket.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    bucket.extend_from_slice(s.as_bytes());
+}
+
+pub fn decode_u32(bytes: &[u8], what: &str) -> Result<u32> {
+    let arr: [u8; 4] = bytes
+        .try_into()
+        .map_err(|_| corrupt(format!("{what} has {} bytes, expected 4", bytes.len())))?;
+    Ok(u32::from_be_bytes(arr))
+}
+
+pub fn decode_u64(bytes: &[u8], what: &str) -> Result<u64> {
+    let arr: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| corrupt(format!("{what} has {} bytes, expected 8", bytes.len())))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+/// Encodes an event record: version, crc32 of the rest, flags, then the fields.
+pub fn encode_event(event: &Event, tracked: bool, out: &mut Vec<u8>) {
+    out.clear();
+    out.push(RECORD_V1);
+    out.extend_from_slice(&[0; 4]);
+    let mut flags = 0;
+    if event.uuid.is_some() {
+        flags |= FLAG_UUID;
+    }
+    if tracked {
+        flags |= FLAG_TRACKED;
+    }
+    out.push(flags);
+    put_bytes(out, event.event_type.as_bytes());
+    put_varint(out, event.tags.len() as u64);
+    for tag in &event.tags {
+        put_bytes(out, tag.as_bytes());
+    }
+    put_varint(out, event.metadata.len() as u64);
+    for (key, value) in &event.metadata {
+        put_bytes(out, key.as_bytes());
+        put_bytes(out, value.as_bytes());
+    }
+    if let Some(uuid) = event.uuid {
+        out.extend_from_slice(uuid.as_bytes());
+    }
+    put_bytes(out, &event.data);
+    let crc = crc32fast::hash(&out[RECORD_HEADER..]);
+    out[1..5].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// A decoded record: the event and whether its append carried tracking info.
+pub struct DecodedEvent {
+    pub event: Event,
+    pub tracked: bool,
+}
+
+pub fn decode_event(position: Position, bytes: &[u8]) -> Result<DecodedEvent> {
+    let what = format!("event record at position {position}");
+    if bytes.len() < RECORD_HEADER + 1 {
+        return Err(corrupt(format!(
+            "{what} is truncated ({} bytes)",
+            bytes.len()
+        )));
+    }
+    if bytes[0] != RECORD_V1 {
+        return Err(corrupt(format!(
+            "{what} has unknown record version {}",
+            bytes[0]
+        )));
+    }
+    let stored = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+    let actual = crc32fast::hash(&bytes[RECORD_HEADER..]);
+    if stored != actual {
+        return Err(corrupt(format!(
+            "{what} fails its checksum (stored {stored:08x}, computed {actual:08x})"
+        )));
+    }
+    let mut r = Reader::new(&bytes[RECORD_HEADER..], &what);
+    let flags = r.u8()?;
+    let event_type = r.string()?;
+    let tag_count = r.count()?;
+    let mut tags = Vec::with_capacity(tag_count.min(1024));
+    for _ in 0..tag_count {
+        tags.push(r.string()?);
+    }
+    let meta_count = r.count()?;
+    let mut metadata = Vec::with_capacity(meta_count.min(1024));
+    for _ in 0..meta_count {
+        let key = r.string()?;
+        let value = r.string()?;
+        metadata.push((key, value));
+    }
+    let uuid = if flags & FLAG_UUID != 0 {
+        let raw: [u8; 16] = r
+            .bytes(16)?
+            .try_into()
+            .map_err(|_| corrupt(format!("{what}: bad uuid")))?;
+        Some(Uuid::from_bytes(raw))
+    } else {
+        None
+    };
+    let data_len = r.count()?;
+    let data = r.bytes(data_len)?.to_vec();
+    if !r.is_empty() {
+        return Err(corrupt(format!("{what} has trailing bytes")));
+    }
+    Ok(DecodedEvent {
+        event: Event {
+            event_type,
+            tags,
+            data,
+            uuid,
+            metadata,
+        },
+        tracked: flags & FLAG_TRACKED != 0,
+    })
+}
+
+/// Tracking info of one append, keyed by the append's last position.
+pub fn encode_append_tracking(first: Position, tracking: &TrackingInfo) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + tracking.source.len());
+    out.extend_from_slice(&first.to_be_bytes());
+    out.extend_from_slice(&tracking.position.to_be_bytes());
+    out.extend_from_slice(tracking.source.as_bytes());
+    out
+}
+
+/// Returns (first position of the append, tracking info).
+pub fn decode_append_tracking(bytes: &[u8]) -> Result<(Position, TrackingInfo)> {
+    if bytes.len() < 16 {
+        return Err(corrupt("append tracking record is truncated".into()));
+    }
+    let first = decode_u64(&bytes[0..8], "append tracking record")?;
+    let position = decode_u64(&bytes[8..16], "append tracking record")?;
+    let source = String::from_utf8(bytes[16..].to_vec())
+        .map_err(|_| corrupt("append tracking source is not UTF-8".into()))?;
+    Ok((first, TrackingInfo { source, position }))
+}
+
+pub fn corrupt(message: String) -> Error {
+    Error::Corruption(message)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// Bounds-checked reader over stored bytes; every failure is a corruption error naming `what`.
+struct Reader<'a> {
+    buf: &'a [u8],
+    what: &'a str,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8], what: &'a str) -> Self {
+        Reader { buf, what }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
+        if n > self.buf.len() {
+            return Err(corrupt(format!("{} is truncated", self.what)));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.bytes(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        decode_u32(self.bytes(4)?, self.what)
+    }
+
+    fn varint(&mut self) -> Result<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            value |= ((b & 0x7f) as u64) << shift;
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(corrupt(format!("{} has an overlong varint", self.what)))
+    }
+
+    /// A length or count, which can never exceed the bytes left.
+    fn count(&mut self) -> Result<usize> {
+        let v = self.varint()?;
+        if v > self.buf.len() as u64 {
+            return Err(corrupt(format!(
+                "{} claims {v} items/bytes with {} bytes left",
+                self.what,
+                self.buf.len()
+            )));
+        }
+        Ok(v as usize)
+    }
+
+    fn string(&mut self) -> Result<String> {
+        let len = self.count()?;
+        let bytes = self.bytes(len)?;
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| corrupt(format!("{} holds a string that is not UTF-8", self.what)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Event {
+        Event {
+            event_type: "Type".into(),
+            tags: vec!["a".into(), "b".into()],
+            data: vec![0, 1, 2, 255],
+            uuid: Some(Uuid::from_u128(42)),
+            metadata: vec![("k".into(), "v".into())],
+        }
+    }
+
+    #[test]
+    fn event_record_round_trips() {
+        let mut buf = Vec::new();
+        encode_event(&sample(), true, &mut buf);
+        let decoded = decode_event(1, &buf).expect("decodes");
+        assert_eq!(decoded.event, sample());
+        assert!(decoded.tracked);
+    }
+
+    #[test]
+    fn damaged_record_is_reported_as_corruption_not_panic() {
+        let mut buf = Vec::new();
+        encode_event(&sample(), false, &mut buf);
+        for i in 0..buf.len() {
+            let mut damaged = buf.clone();
+            damaged[i] ^= 0x5a;
+            assert!(matches!(
+                decode_event(7, &damaged),
+                Err(Error::Corruption(_))
+            ));
+        }
+        for len in 0..buf.len() {
+            assert!(matches!(
+                decode_event(7, &buf[..len]),
+                Err(Error::Corruption(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn long_strings_get_fixed_size_intern_keys() {
+        let long = "x".repeat(65_535);
+        assert_eq!(intern_key(Kind::Tag, &long).len(), 13);
+        assert!(intern_key(Kind::Tag, "short").len() < 13);
+        assert_ne!(intern_key(Kind::Tag, "a"), intern_key(Kind::EventType, "a"));
+    }
+}

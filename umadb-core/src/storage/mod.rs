@@ -1,0 +1,444 @@
+//! The storage engine: an append-only event log in LMDB with chunked roaring-bitmap indexes.
+//!
+//! A [`Store`] is a directory holding one LMDB environment. Reads run on the caller's thread in
+//! short read transactions; appends go to one writer thread that commits them in groups.
+
+mod eval;
+mod format;
+mod intern;
+mod read;
+mod writer;
+
+pub use read::Reader;
+
+use crate::error::{Error, Result};
+use crate::types::{AppendRequest, Position, Query, ReadRequest, SequencedEvent, TrackingInfo};
+use format::{Kind, FORMAT_MAGIC, FORMAT_VERSION, META_FORMAT};
+use heed::types::Bytes;
+use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, RoTxn, WithoutTls};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How a store is opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Largest size the data file may grow to. LMDB reserves this much address space, not disk,
+    /// so the default is large enough never to be reached in practice.
+    pub map_size: usize,
+    /// Most read transactions open at once.
+    pub max_readers: u32,
+    /// Most append requests the writer commits in one transaction.
+    pub max_group: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            map_size: if cfg!(target_pointer_width = "64") {
+                1 << 40
+            } else {
+                1 << 30
+            },
+            max_readers: 1024,
+            max_group: 1024,
+        }
+    }
+}
+
+type Db = Database<'static, Bytes, Bytes>;
+
+/// The LMDB databases of a store (names in `umadb-core/DESIGN.md`).
+#[derive(Clone, Copy)]
+pub(crate) struct Dbs {
+    pub meta: Db,
+    pub events: Db,
+    pub intern: Db,
+    pub index: Db,
+    pub tracking: Db,
+    pub append_tracking: Db,
+}
+
+pub(crate) type Reply = Box<dyn FnOnce(Result<Position>) + Send>;
+
+pub(crate) struct Job {
+    pub request: AppendRequest,
+    pub reply: Reply,
+}
+
+type CommitListener = Box<dyn Fn(Position) + Send + Sync>;
+
+pub(crate) struct Shared {
+    pub env: Env<WithoutTls>,
+    pub dbs: Dbs,
+    pub path: PathBuf,
+    /// Last committed position (0 for an empty store).
+    pub head: AtomicU64,
+    pub closed: AtomicBool,
+    head_lock: Mutex<()>,
+    head_changed: Condvar,
+    listeners: Mutex<Vec<CommitListener>>,
+}
+
+impl Shared {
+    /// Publishes a new head to waiters and listeners, after the commit is durable.
+    pub fn publish_head(&self, head: Position) {
+        {
+            let _guard = lock(&self.head_lock);
+            self.head.store(head, Ordering::Release);
+        }
+        self.head_changed.notify_all();
+        for listener in lock(&self.listeners).iter() {
+            listener(head);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// An open event store. Cheap to share behind an `Arc`; every method takes `&self`.
+///
+/// ```
+/// use umadb_core::{AppendRequest, Event, Query, QueryItem, ReadRequest, Store};
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = Store::open(dir.path().join("db")).unwrap();
+/// let position = store
+///     .append(AppendRequest {
+///         events: vec![Event::new("Registered", ["student:1"], b"{}".to_vec())],
+///         ..Default::default()
+///     })
+///     .unwrap();
+/// assert_eq!(position, 1);
+/// let query = Query::from_items([QueryItem::new(Vec::<String>::new(), ["student:1"])]);
+/// let (events, head) = store
+///     .read_all(ReadRequest { query, ..Default::default() })
+///     .unwrap();
+/// assert_eq!(events.len(), 1);
+/// assert_eq!(head, Some(1));
+/// ```
+pub struct Store {
+    shared: Arc<Shared>,
+    sender: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Store {
+    /// Opens the store in directory `path`, creating it if missing.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        Self::open_with(path, StoreOptions::default())
+    }
+
+    pub fn open_with(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
+        let path = path.as_ref().to_path_buf();
+        if path.is_file() {
+            return Err(Error::InvalidArgument(format!(
+                "{} is a file; an UmaDB store is a directory",
+                path.display()
+            )));
+        }
+        std::fs::create_dir_all(&path).map_err(|e| {
+            Error::Io(format!(
+                "cannot create store directory {}: {e}",
+                path.display()
+            ))
+        })?;
+        let mut env_options = EnvOpenOptions::new().read_txn_without_tls();
+        env_options
+            .map_size(options.map_size)
+            .max_dbs(8)
+            .max_readers(options.max_readers);
+        // SAFETY: NO_READ_AHEAD only changes madvise; the directory is ours alone (LMDB's lock
+        // file guards against a second process opening it incompatibly).
+        unsafe { env_options.flags(EnvFlags::NO_READ_AHEAD) };
+        // SAFETY: heed requires that the same path is not opened twice in one process with
+        // different options; heed detects a second open and returns EnvAlreadyOpened.
+        let env = unsafe { env_options.open(&path) }.map_err(|e| open_error(&path, e))?;
+        let dbs = create_databases(&env).map_err(|e| open_error(&path, e))?;
+        let head = {
+            let txn = env.read_txn().map_err(|e| open_error(&path, e))?;
+            check_format(&env, &txn, &dbs, &path)?;
+            match dbs.events.last(&txn).map_err(|e| open_error(&path, e))? {
+                Some((key, _)) => format::decode_position_key(key)?,
+                None => 0,
+            }
+        };
+        let shared = Arc::new(Shared {
+            env,
+            dbs,
+            path,
+            head: AtomicU64::new(head),
+            closed: AtomicBool::new(false),
+            head_lock: Mutex::new(()),
+            head_changed: Condvar::new(),
+            listeners: Mutex::new(Vec::new()),
+        });
+        let (sender, receiver) = mpsc::channel();
+        let writer_shared = shared.clone();
+        let max_group = options.max_group.max(1);
+        let writer = std::thread::Builder::new()
+            .name("umadb-writer".into())
+            .spawn(move || writer::run(writer_shared, receiver, max_group))
+            .map_err(|e| Error::Io(format!("cannot start the writer thread: {e}")))?;
+        Ok(Store {
+            shared,
+            sender: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// The directory the store lives in.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// The last recorded position, or `None` for an empty store.
+    pub fn head(&self) -> Option<Position> {
+        nonzero(self.shared.head.load(Ordering::Acquire))
+    }
+
+    /// Appends atomically and durably; returns the position of the last event written (0 for an
+    /// empty append, or the recorded position for an idempotent retry).
+    pub fn append(&self, request: AppendRequest) -> Result<Position> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit_append(
+            request,
+            Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        )?;
+        rx.recv()
+            .map_err(|_| Error::Internal("the writer stopped before answering".into()))?
+    }
+
+    /// Queues an append for the writer thread; `reply` is called once the group holding it has
+    /// been committed (or has failed). Use this from async code with a oneshot channel.
+    pub fn submit_append(
+        &self,
+        request: AppendRequest,
+        reply: Box<dyn FnOnce(Result<Position>) + Send>,
+    ) -> Result<()> {
+        let sender = lock(&self.sender);
+        let Some(sender) = sender.as_ref() else {
+            return Err(Error::Io("the store is closed".into()));
+        };
+        sender
+            .send(Job { request, reply })
+            .map_err(|_| Error::Io("the store is closed".into()))
+    }
+
+    /// Starts a read. Events are fetched lazily in batches, each in a fresh read transaction.
+    pub fn read(&self, request: ReadRequest) -> Result<Reader> {
+        Reader::new(self.shared.clone(), request)
+    }
+
+    /// Reads everything a request matches into memory; returns the events and the head.
+    pub fn read_all(
+        &self,
+        request: ReadRequest,
+    ) -> Result<(Vec<SequencedEvent>, Option<Position>)> {
+        let mut reader = self.read(request)?;
+        let mut events = Vec::new();
+        while let Some(batch) = reader.next_batch(1000)? {
+            events.extend(batch);
+        }
+        Ok((events, reader.head()))
+    }
+
+    /// Up to `max` events matching `query` with positions in `from..=to`, ascending, in one read
+    /// transaction. Subscriptions page through the log with this.
+    pub fn read_range(
+        &self,
+        query: &Query,
+        from: Position,
+        to: Position,
+        max: usize,
+    ) -> Result<Vec<SequencedEvent>> {
+        read::read_range(&self.shared, query, from, to, false, max)
+    }
+
+    /// The position recorded for `source`, if any.
+    pub fn tracking_position(&self, source: &str) -> Result<Option<Position>> {
+        let txn = self.shared.env.read_txn().map_err(storage_error)?;
+        tracking_position(&txn, &self.shared.dbs, source)
+    }
+
+    /// Blocks until the head exceeds `after`, the store closes, or `timeout` passes; returns the
+    /// head then.
+    pub fn wait_for_head(&self, after: Position, timeout: Duration) -> Option<Position> {
+        let guard = lock(&self.shared.head_lock);
+        let (_guard, _) = self
+            .shared
+            .head_changed
+            .wait_timeout_while(guard, timeout, |_| {
+                self.shared.head.load(Ordering::Acquire) <= after
+                    && !self.shared.closed.load(Ordering::Acquire)
+            })
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.head()
+    }
+
+    /// Calls `listener` with the new head after every durable commit that moved it (from the
+    /// writer thread: keep it short and non-blocking).
+    pub fn on_commit(&self, listener: impl Fn(Position) + Send + Sync + 'static) {
+        lock(&self.shared.listeners).push(Box::new(listener));
+    }
+
+    /// Stops the writer after it has answered every queued append. Later appends fail.
+    pub fn close(&self) {
+        lock(&self.sender).take();
+        if let Some(writer) = lock(&self.writer).take() {
+            let _ = writer.join();
+        }
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.head_changed.notify_all();
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+pub(crate) fn nonzero(p: Position) -> Option<Position> {
+    (p != 0).then_some(p)
+}
+
+fn create_databases(env: &Env<WithoutTls>) -> heed::Result<Dbs> {
+    let txn = env.write_txn()?;
+    let [meta, events, intern, index, tracking, append_tracking] = env
+        .create_databases_and_commit(txn, |opener, txn| -> heed::Result<_> {
+            let mut create = |name| opener.create_database::<Bytes, Bytes>(txn, Some(name));
+            Ok(CommitOrAbort::<_, ()>::Commit([
+                create("meta")?,
+                create("events")?,
+                create("intern")?,
+                create("index")?,
+                create("tracking")?,
+                create("append_tracking")?,
+            ]))
+        })?
+        .unwrap_commit();
+    Ok(Dbs {
+        meta,
+        events,
+        intern,
+        index,
+        tracking,
+        append_tracking,
+    })
+}
+
+/// Checks the format stamp, writing it into a new store.
+fn check_format(env: &Env<WithoutTls>, txn: &RoTxn, dbs: &Dbs, path: &Path) -> Result<()> {
+    match dbs.meta.get(txn, META_FORMAT).map_err(storage_error)? {
+        Some(stamp) => {
+            if stamp.len() != 12 || &stamp[..8] != FORMAT_MAGIC {
+                return Err(Error::Corruption(format!(
+                    "{} does not carry an UmaDB format stamp; it is not an UmaDB store or it is damaged",
+                    path.display()
+                )));
+            }
+            let version = format::decode_u32(&stamp[8..], "format version")?;
+            if version != FORMAT_VERSION {
+                return Err(Error::Corruption(format!(
+                    "{} has on-disk format version {version}; this build reads version {FORMAT_VERSION}",
+                    path.display()
+                )));
+            }
+            Ok(())
+        }
+        None => {
+            if !dbs.events.is_empty(txn).map_err(storage_error)? {
+                return Err(Error::Corruption(format!(
+                    "{} holds events but no format stamp; it is damaged",
+                    path.display()
+                )));
+            }
+            let mut stamp = FORMAT_MAGIC.to_vec();
+            stamp.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+            let mut wtxn = env.write_txn().map_err(storage_error)?;
+            dbs.meta
+                .put(&mut wtxn, META_FORMAT, &stamp)
+                .map_err(storage_error)?;
+            wtxn.commit().map_err(storage_error)
+        }
+    }
+}
+
+fn open_error(path: &Path, e: heed::Error) -> Error {
+    match e {
+        heed::Error::Mdb(heed::MdbError::Invalid) | heed::Error::Mdb(heed::MdbError::Corrupted) => {
+            Error::Corruption(format!(
+                "{} is not an UmaDB store or it is damaged ({e})",
+                path.display()
+            ))
+        }
+        heed::Error::Mdb(heed::MdbError::VersionMismatch) => Error::Corruption(format!(
+            "{} was written by an incompatible LMDB version ({e})",
+            path.display()
+        )),
+        heed::Error::EnvAlreadyOpened => Error::InvalidArgument(format!(
+            "{} is already open in this process",
+            path.display()
+        )),
+        other => Error::Io(format!("cannot open store at {}: {other}", path.display())),
+    }
+}
+
+/// Maps an LMDB failure during operation.
+pub(crate) fn storage_error(e: heed::Error) -> Error {
+    match e {
+        heed::Error::Mdb(heed::MdbError::Corrupted)
+        | heed::Error::Mdb(heed::MdbError::PageNotFound)
+        | heed::Error::Mdb(heed::MdbError::Invalid) => {
+            Error::Corruption(format!("the store is damaged: {e}"))
+        }
+        heed::Error::Mdb(heed::MdbError::MapFull) => Error::Io(format!(
+            "the store reached its configured map size; reopen it with a larger map size ({e})"
+        )),
+        other => Error::Io(format!("storage failure: {other}")),
+    }
+}
+
+pub(crate) fn tracking_position(txn: &RoTxn, dbs: &Dbs, source: &str) -> Result<Option<Position>> {
+    let Some(id) = intern::lookup(txn, dbs, Kind::Source, source)? else {
+        return Ok(None);
+    };
+    match dbs
+        .tracking
+        .get(txn, &id.to_be_bytes())
+        .map_err(storage_error)?
+    {
+        Some(bytes) => Ok(Some(format::decode_u64(bytes, "tracking position")?)),
+        None => Ok(None),
+    }
+}
+
+/// The tracking info of the append that wrote `position`, with that append's first and last
+/// positions.
+pub(crate) fn append_tracking(
+    txn: &RoTxn,
+    dbs: &Dbs,
+    position: Position,
+) -> Result<(Position, Position, TrackingInfo)> {
+    let found = dbs
+        .append_tracking
+        .get_greater_than_or_equal_to(txn, &format::position_key(position))
+        .map_err(storage_error)?;
+    if let Some((key, value)) = found {
+        let last = format::decode_position_key(key)?;
+        let (first, info) = format::decode_append_tracking(value)?;
+        if first <= position {
+            return Ok((first, last, info));
+        }
+    }
+    Err(Error::Corruption(format!(
+        "event at position {position} is marked as tracked but its tracking record is missing"
+    )))
+}

@@ -1,0 +1,273 @@
+//! The writer thread and group commit.
+//!
+//! The writer takes every queued append request, applies each in order inside one write
+//! transaction (a request that fails its checks is rejected alone, before it writes anything),
+//! commits once — one fsync for the whole group — and only then answers every caller and
+//! publishes the new head.
+
+use super::format::{self, Kind, MAX_POSITION};
+use super::read::{matching_positions, stored_uuid};
+use super::{eval, intern, storage_error, tracking_position, Dbs, Job, Shared};
+use crate::error::{Error, Result};
+use crate::types::{AppendCondition, AppendRequest, Event, Position};
+use heed::{PutFlags, RwTxn};
+use roaring::RoaringBitmap;
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use uuid::Uuid;
+
+pub fn run(shared: Arc<Shared>, receiver: Receiver<Job>, max_group: usize) {
+    while let Ok(first) = receiver.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < max_group {
+            match receiver.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let before = shared.head.load(Ordering::Acquire);
+        let outcome = catch_unwind(AssertUnwindSafe(|| commit_group(&shared, &jobs)))
+            .unwrap_or_else(|_| {
+                Err(Error::Internal(
+                    "the writer failed unexpectedly; the group was not written".into(),
+                ))
+            });
+        match outcome {
+            Ok((results, head)) => {
+                if head != before {
+                    shared.publish_head(head);
+                }
+                for (job, result) in jobs.into_iter().zip(results) {
+                    (job.reply)(result);
+                }
+            }
+            Err(e) => {
+                for job in jobs {
+                    (job.reply)(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Applies and commits a group. The outer error fails every request (nothing was written); the
+/// inner results are per request.
+fn commit_group(shared: &Shared, jobs: &[Job]) -> Result<(Vec<Result<Position>>, Position)> {
+    let dbs = &shared.dbs;
+    let mut txn = shared.env.write_txn().map_err(storage_error)?;
+    let committed_head = shared.head.load(Ordering::Acquire);
+    let mut group = Group {
+        dbs,
+        committed_head,
+        head: committed_head,
+        pending: Vec::new(),
+        dirty: HashMap::new(),
+        buf: Vec::new(),
+    };
+    let mut results = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let result = match group.check(&txn, &job.request) {
+            Ok(Decision::Write) => Ok(group.write(&mut txn, &job.request)?),
+            Ok(Decision::AlreadyRecorded(position)) => Ok(position),
+            Err(e) => Err(e),
+        };
+        results.push(result);
+    }
+    group.flush_indexes(&mut txn)?;
+    txn.commit().map_err(storage_error)?;
+    Ok((results, group.head))
+}
+
+enum Decision {
+    Write,
+    /// An idempotent retry of an append already recorded, ending at this position.
+    AlreadyRecorded(Position),
+}
+
+struct Group<'a> {
+    dbs: &'a Dbs,
+    /// Head before this group; the indexes in the transaction cover exactly `1..=committed_head`.
+    committed_head: Position,
+    head: Position,
+    /// Events written by earlier requests of this group, not yet in the indexes.
+    pending: Vec<(Position, &'a Event)>,
+    /// Index chunks touched by this group, written once before commit.
+    dirty: HashMap<[u8; 9], RoaringBitmap>,
+    buf: Vec<u8>,
+}
+
+impl<'a> Group<'a> {
+    /// Everything that can reject a request, decided before it writes anything.
+    fn check(&self, txn: &RwTxn, request: &AppendRequest) -> Result<Decision> {
+        request.validate()?;
+        let count = request.events.len() as u64;
+        if self.head.saturating_add(count) > MAX_POSITION {
+            return Err(Error::Io(format!(
+                "the store cannot hold more than {MAX_POSITION} events"
+            )));
+        }
+        if let Some(condition) = &request.condition {
+            if let Some(decision) = self.check_condition(txn, condition, &request.events)? {
+                return Ok(decision);
+            }
+        }
+        if let Some(tracking) = &request.tracking_info {
+            if let Some(recorded) = tracking_position(txn, self.dbs, &tracking.source)? {
+                if tracking.position <= recorded {
+                    return Err(Error::Integrity(format!(
+                        "tracking position {} for source {:?} is not after the recorded position {recorded}",
+                        tracking.position, tracking.source
+                    )));
+                }
+            }
+        }
+        Ok(Decision::Write)
+    }
+
+    /// `None` when the condition passes.
+    fn check_condition(
+        &self,
+        txn: &RwTxn,
+        condition: &AppendCondition,
+        events: &[Event],
+    ) -> Result<Option<Decision>> {
+        let after = condition.after.unwrap_or(0);
+        let keys: Option<Vec<Uuid>> = if events.is_empty() {
+            None
+        } else {
+            events.iter().map(Event::idempotency_key).collect()
+        };
+        let wanted = keys.as_ref().map_or(1, Vec::len);
+        let matches = self.first_matches(txn, condition, after, wanted)?;
+        let Some(&first_match) = matches.first() else {
+            return Ok(None);
+        };
+        if let Some(keys) = keys {
+            if matches.len() == keys.len() {
+                let mut same = true;
+                for (&position, key) in matches.iter().zip(&keys) {
+                    if stored_uuid(txn, self.dbs, position)? != Some(*key) {
+                        same = false;
+                        break;
+                    }
+                }
+                if same {
+                    return Ok(Some(Decision::AlreadyRecorded(
+                        *matches.last().unwrap_or(&first_match),
+                    )));
+                }
+            }
+        }
+        Err(Error::Integrity(format!(
+            "append condition failed: event at position {first_match} matches the condition's query and is after position {after}"
+        )))
+    }
+
+    /// Positions of the first `wanted` events matching the condition after `after`, in the
+    /// committed log (via the indexes) and then among this group's pending events.
+    fn first_matches(
+        &self,
+        txn: &RwTxn,
+        condition: &AppendCondition,
+        after: Position,
+        wanted: usize,
+    ) -> Result<Vec<Position>> {
+        let query = &condition.fail_if_events_match;
+        let mut found = matching_positions(
+            txn,
+            self.dbs,
+            query,
+            after.saturating_add(1),
+            self.committed_head,
+            wanted,
+        )?;
+        for &(position, event) in &self.pending {
+            if found.len() >= wanted {
+                break;
+            }
+            if position > after && query.matches(event) {
+                found.push(position);
+            }
+        }
+        Ok(found)
+    }
+
+    fn write(&mut self, txn: &mut RwTxn, request: &'a AppendRequest) -> Result<Position> {
+        let dbs = self.dbs;
+        let first = self.head + 1;
+        let tracked = request.tracking_info.is_some() && !request.events.is_empty();
+        for (i, event) in request.events.iter().enumerate() {
+            let position = first + i as u64;
+            format::encode_event(event, tracked, &mut self.buf);
+            dbs.events
+                .put_with_flags(
+                    txn,
+                    PutFlags::APPEND,
+                    &format::position_key(position),
+                    &self.buf,
+                )
+                .map_err(storage_error)?;
+            let type_id = intern::get_or_create(txn, dbs, Kind::EventType, &event.event_type)?;
+            self.index(txn, Kind::EventType, type_id, position)?;
+            for tag in &event.tags {
+                let tag_id = intern::get_or_create(txn, dbs, Kind::Tag, tag)?;
+                self.index(txn, Kind::Tag, tag_id, position)?;
+            }
+            self.pending.push((position, event));
+        }
+        self.head += request.events.len() as u64;
+        if let Some(tracking) = &request.tracking_info {
+            let source_id = intern::get_or_create(txn, dbs, Kind::Source, &tracking.source)?;
+            dbs.tracking
+                .put(
+                    txn,
+                    &source_id.to_be_bytes(),
+                    &tracking.position.to_be_bytes(),
+                )
+                .map_err(storage_error)?;
+            if tracked {
+                let record = format::encode_append_tracking(first, tracking);
+                dbs.append_tracking
+                    .put(txn, &format::position_key(self.head), &record)
+                    .map_err(storage_error)?;
+            }
+        }
+        Ok(if request.events.is_empty() {
+            0
+        } else {
+            self.head
+        })
+    }
+
+    fn index(&mut self, txn: &RwTxn, kind: Kind, id: u32, position: Position) -> Result<()> {
+        let chunk = format::chunk_of(position);
+        let key = format::index_key(kind, id, chunk);
+        let bitmap = match self.dirty.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let existing = eval::load_chunk(txn, self.dbs, kind, id, chunk)?;
+                e.insert(existing.unwrap_or_default())
+            }
+        };
+        bitmap.insert(format::offset_in_chunk(position));
+        Ok(())
+    }
+
+    fn flush_indexes(&mut self, txn: &mut RwTxn) -> Result<()> {
+        for (key, bitmap) in self.dirty.iter_mut() {
+            bitmap.optimize();
+            self.buf.clear();
+            bitmap
+                .serialize_into(&mut self.buf)
+                .map_err(|e| Error::Internal(format!("cannot encode an index chunk: {e}")))?;
+            self.dbs
+                .index
+                .put(txn, key, &self.buf)
+                .map_err(storage_error)?;
+        }
+        Ok(())
+    }
+}
