@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::types::{AppendRequest, Position, Query, ReadRequest, SequencedEvent, TrackingInfo};
 use format::{Kind, FORMAT_MAGIC, FORMAT_VERSION, META_FORMAT};
 use heed::types::Bytes;
-use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, RoTxn, WithoutTls};
+use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -158,10 +158,9 @@ impl Store {
         // SAFETY: heed requires that the same path is not opened twice in one process with
         // different options; heed detects a second open and returns EnvAlreadyOpened.
         let env = unsafe { env_options.open(&path) }.map_err(|e| open_error(&path, e))?;
-        let dbs = create_databases(&env).map_err(|e| open_error(&path, e))?;
+        let dbs = open_databases(&env, &path)?;
         let head = {
             let txn = env.read_txn().map_err(|e| open_error(&path, e))?;
-            check_format(&env, &txn, &dbs, &path)?;
             match dbs.events.last(&txn).map_err(|e| open_error(&path, e))? {
                 Some((key, _)) => format::decode_position_key(key)?,
                 None => 0,
@@ -309,34 +308,74 @@ pub(crate) fn nonzero(p: Position) -> Option<Position> {
     (p != 0).then_some(p)
 }
 
-fn create_databases(env: &Env<WithoutTls>) -> heed::Result<Dbs> {
-    let txn = env.write_txn()?;
-    let [meta, events, intern, index, tracking, append_tracking] = env
+/// The LMDB databases of a store, in the order of [`Dbs`]' fields.
+const DB_NAMES: [&str; 6] = [
+    "meta",
+    "events",
+    "intern",
+    "index",
+    "tracking",
+    "append_tracking",
+];
+
+/// Opens the databases and checks the format stamp, creating both in a new store, in one write
+/// transaction: an environment that is not an UmaDB store is refused before anything is written.
+fn open_databases(env: &Env<WithoutTls>, path: &Path) -> Result<Dbs> {
+    let txn = env.write_txn().map_err(|e| open_error(path, e))?;
+    let opened = env
         .create_databases_and_commit(txn, |opener, txn| -> heed::Result<_> {
-            let mut create = |name| opener.create_database::<Bytes, Bytes>(txn, Some(name));
-            Ok(CommitOrAbort::<_, ()>::Commit([
-                create("meta")?,
-                create("events")?,
-                create("intern")?,
-                create("index")?,
-                create("tracking")?,
-                create("append_tracking")?,
+            // The unnamed database lists every named one; anything else there is foreign data.
+            let main = opener.create_database::<Bytes, Bytes>(txn, None)?;
+            for entry in main.iter(txn)? {
+                let (name, _) = entry?;
+                if !DB_NAMES.iter().any(|known| known.as_bytes() == name) {
+                    return Ok(CommitOrAbort::Abort(Error::Corruption(format!(
+                        "{} is an LMDB environment holding {:?}, which is not part of an UmaDB store; refusing to open it",
+                        path.display(),
+                        String::from_utf8_lossy(name)
+                    ))));
+                }
+            }
+            let [meta, events, intern, index, tracking, append_tracking] =
+                DB_NAMES.map(|name| opener.create_database::<Bytes, Bytes>(txn, Some(name)));
+            let (meta, events, intern, index, tracking, append_tracking) =
+                (meta?, events?, intern?, index?, tracking?, append_tracking?);
+            if let Err(e) = check_format(txn, meta, events, path) {
+                return Ok(CommitOrAbort::Abort(e));
+            }
+            Ok(CommitOrAbort::Commit([
+                meta,
+                events,
+                intern,
+                index,
+                tracking,
+                append_tracking,
             ]))
-        })?
-        .unwrap_commit();
-    Ok(Dbs {
-        meta,
-        events,
-        intern,
-        index,
-        tracking,
-        append_tracking,
-    })
+        })
+        .map_err(|e| open_error(path, e))?;
+    match opened {
+        CommitOrAbort::Commit([meta, events, intern, index, tracking, append_tracking]) => {
+            Ok(Dbs {
+                meta,
+                events,
+                intern,
+                index,
+                tracking,
+                append_tracking,
+            })
+        }
+        CommitOrAbort::Abort(e) => Err(e),
+    }
 }
 
 /// Checks the format stamp, writing it into a new store.
-fn check_format(env: &Env<WithoutTls>, txn: &RoTxn, dbs: &Dbs, path: &Path) -> Result<()> {
-    match dbs.meta.get(txn, META_FORMAT).map_err(storage_error)? {
+fn check_format(
+    txn: &mut RwTxn,
+    meta: Database<'_, Bytes, Bytes>,
+    events: Database<'_, Bytes, Bytes>,
+    path: &Path,
+) -> Result<()> {
+    match meta.get(txn, META_FORMAT).map_err(storage_error)? {
         Some(stamp) => {
             if stamp.len() != 12 || &stamp[..8] != FORMAT_MAGIC {
                 return Err(Error::Corruption(format!(
@@ -354,7 +393,7 @@ fn check_format(env: &Env<WithoutTls>, txn: &RoTxn, dbs: &Dbs, path: &Path) -> R
             Ok(())
         }
         None => {
-            if !dbs.events.is_empty(txn).map_err(storage_error)? {
+            if !events.is_empty(txn).map_err(storage_error)? {
                 return Err(Error::Corruption(format!(
                     "{} holds events but no format stamp; it is damaged",
                     path.display()
@@ -362,23 +401,19 @@ fn check_format(env: &Env<WithoutTls>, txn: &RoTxn, dbs: &Dbs, path: &Path) -> R
             }
             let mut stamp = FORMAT_MAGIC.to_vec();
             stamp.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
-            let mut wtxn = env.write_txn().map_err(storage_error)?;
-            dbs.meta
-                .put(&mut wtxn, META_FORMAT, &stamp)
-                .map_err(storage_error)?;
-            wtxn.commit().map_err(storage_error)
+            meta.put(txn, META_FORMAT, &stamp).map_err(storage_error)
         }
     }
 }
 
 fn open_error(path: &Path, e: heed::Error) -> Error {
     match e {
-        heed::Error::Mdb(heed::MdbError::Invalid) | heed::Error::Mdb(heed::MdbError::Corrupted) => {
-            Error::Corruption(format!(
-                "{} is not an UmaDB store or it is damaged ({e})",
-                path.display()
-            ))
-        }
+        heed::Error::Mdb(heed::MdbError::Invalid)
+        | heed::Error::Mdb(heed::MdbError::Corrupted)
+        | heed::Error::Mdb(heed::MdbError::Incompatible) => Error::Corruption(format!(
+            "{} is not an UmaDB store or it is damaged ({e})",
+            path.display()
+        )),
         heed::Error::Mdb(heed::MdbError::VersionMismatch) => Error::Corruption(format!(
             "{} was written by an incompatible LMDB version ({e})",
             path.display()
