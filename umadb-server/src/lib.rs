@@ -1,0 +1,248 @@
+//! The `umadb` gRPC server: the `umadb.v1` protocol over the UmaDB storage engine, with TLS
+//! (rustls), API keys, the standard health service, and graceful shutdown.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), umadb_server::ServerError> {
+//! use umadb_server::{start, ServerConfig};
+//! let server = start(ServerConfig::new("127.0.0.1:0".parse().unwrap(), "./uma.db")).await?;
+//! println!("serving on {}", server.local_addr());
+//! server.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod auth;
+mod config;
+mod outbox;
+mod service;
+mod streams;
+mod wire_errors;
+
+pub use config::{Limits, ServerConfig, TlsConfig};
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+use umadb_core::Store;
+use umadb_proto::v1::dcb_server::DcbServer;
+
+/// The name under which the DCB service reports its health.
+pub const SERVICE_NAME: &str = "umadb.v1.DCB";
+
+/// Why a server could not start or stop cleanly.
+#[derive(Debug)]
+pub enum ServerError {
+    /// The store could not be opened.
+    Store(umadb_core::Error),
+    /// The listen address could not be bound.
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The TLS certificate or key could not be read or used.
+    Tls(String),
+    /// The gRPC transport failed.
+    Transport(String),
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::Store(e) => write!(f, "cannot open the store: {e}"),
+            ServerError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            ServerError::Tls(m) => write!(f, "TLS: {m}"),
+            ServerError::Transport(m) => write!(f, "gRPC transport: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServerError::Store(e) => Some(e),
+            ServerError::Bind { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// A server that is accepting calls. Stop it with [`RunningServer::shutdown`]; dropping it
+/// also stops accepting and ends streams, but does not wait.
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    store: Arc<Store>,
+    health: HealthReporter,
+    shutdown: watch::Sender<bool>,
+    stop_accepting: Option<oneshot::Sender<()>>,
+    serve: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    grace: Duration,
+}
+
+impl RunningServer {
+    /// The address actually bound (the configured one may use port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops gracefully: health turns NOT_SERVING, new connections are refused, subscriptions
+    /// end cleanly, reads in progress end with UNAVAILABLE, appends in flight are answered, then
+    /// the store is closed. Calls still open after the grace period are dropped.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        tracing::info!("shutting down");
+        for name in ["", SERVICE_NAME] {
+            self.health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+        self.shutdown.send_replace(true);
+        if let Some(stop) = self.stop_accepting.take() {
+            let _ = stop.send(());
+        }
+        let mut outcome = Ok(());
+        if let Some(mut serve) = self.serve.take() {
+            match tokio::time::timeout(self.grace, &mut serve).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => outcome = Err(ServerError::Transport(e.to_string())),
+                Ok(Err(e)) => outcome = Err(ServerError::Transport(e.to_string())),
+                Err(_) => {
+                    tracing::warn!(
+                        grace = ?self.grace,
+                        "calls still open after the grace period; closing their connections"
+                    );
+                    serve.abort();
+                }
+            }
+        }
+        let store = self.store.clone();
+        // Answers any append still queued, then stops the writer.
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        tracing::info!("stopped");
+        outcome
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.shutdown.send_replace(true);
+        if let Some(stop) = self.stop_accepting.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Opens the store, binds the listen address and starts serving in the background.
+pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+    let tls = match &config.tls {
+        Some(tls) => Some(load_tls(tls)?),
+        None => None,
+    };
+    let db_path = config.db_path.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(db_path))
+        .await
+        .map_err(|e| ServerError::Store(umadb_core::Error::Internal(e.to_string())))?
+        .map_err(ServerError::Store)?;
+    let store = Arc::new(store);
+    let (head_tx, head_rx) = watch::channel(store.head().unwrap_or(0));
+    store.on_commit(move |head| {
+        head_tx.send_replace(head);
+    });
+
+    let incoming = TcpIncoming::bind(config.listen)
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
+    let local_addr = incoming.local_addr().map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in ["", SERVICE_NAME] {
+        health
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let limits = config.limits.clone();
+    let dcb = DcbServer::new(service::DcbService::new(
+        store.clone(),
+        head_rx,
+        shutdown_rx,
+        limits.clone(),
+    ))
+    .max_decoding_message_size(limits.max_message_bytes);
+    let dcb = wire_errors::WireErrors::new(dcb, limits.max_message_bytes);
+    // The key check runs first, before the request is even decoded.
+    let dcb = InterceptedService::new(dcb, auth::ApiKeys::new(&config.api_keys));
+
+    let mut builder = Server::builder()
+        // Detect dead peers; clients' own keepalive pings are always answered.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| ServerError::Tls(error_chain(&e)))?;
+    }
+    let router = builder.add_service(health_service).add_service(dcb);
+    let (stop_accepting, stop_rx) = oneshot::channel::<()>();
+    let serve = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+        let _ = stop_rx.await;
+    }));
+
+    let data = std::fs::canonicalize(&config.db_path).unwrap_or_else(|_| config.db_path.clone());
+    tracing::info!(
+        "umadb {} listening on {local_addr} ({}, {}); data in {} (head {})",
+        env!("CARGO_PKG_VERSION"),
+        if config.tls.is_some() { "TLS" } else { "plain text, no TLS" },
+        match config.api_keys.len() {
+            0 => "no API key required".to_string(),
+            1 => "API key required".to_string(),
+            n => format!("{n} API keys accepted"),
+        },
+        data.display(),
+        store.head().map_or("none".to_string(), |h| h.to_string()),
+    );
+    Ok(RunningServer {
+        local_addr,
+        store,
+        health,
+        shutdown,
+        stop_accepting: Some(stop_accepting),
+        serve: Some(serve),
+        grace: limits.shutdown_grace,
+    })
+}
+
+fn load_tls(tls: &TlsConfig) -> Result<ServerTlsConfig, ServerError> {
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| ServerError::Tls(format!("cannot read the {what} {}: {e}", path.display())))
+    };
+    let cert = read("certificate", &tls.cert_path)?;
+    let key = read("private key", &tls.key_path)?;
+    Ok(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    message
+}

@@ -1,0 +1,224 @@
+//! The response side of a streaming call: a small bounded queue filled by a task, and the
+//! helpers that cut events into messages that stay under the clients' 4 MiB decode limit.
+
+use prost::Message;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::Stream;
+use tonic::Status;
+use umadb_proto::v1;
+
+/// Messages buffered per stream. A stalled client parks its producer task once this is full,
+/// so its memory stays bounded and no one else waits for it.
+const QUEUE_DEPTH: usize = 4;
+
+/// Where a producer task puts messages. Created by [`spawn`].
+pub(crate) struct Sender<T> {
+    tx: mpsc::Sender<Result<T, Status>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Why a producer should stop.
+pub(crate) enum Stop {
+    /// The client cancelled or went away.
+    ClientGone,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl<T> Sender<T> {
+    /// Queues a message, waiting for room; stops early if the client leaves or the server shuts
+    /// down meanwhile.
+    pub async fn send(&mut self, message: T) -> Result<(), Stop> {
+        tokio::select! {
+            biased;
+            _ = self.shutdown.wait_for(|down| *down) => Err(Stop::Shutdown),
+            sent = self.tx.send(Ok(message)) => sent.map_err(|_| Stop::ClientGone),
+        }
+    }
+
+    /// Waits until `wake` completes, the client leaves or the server shuts down.
+    pub async fn wait<F: Future>(&mut self, wake: F) -> Result<F::Output, Stop> {
+        tokio::select! {
+            biased;
+            _ = self.shutdown.wait_for(|down| *down) => Err(Stop::Shutdown),
+            _ = self.tx.closed() => Err(Stop::ClientGone),
+            output = wake => Ok(output),
+        }
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+/// Runs `produce` on its own task and returns the stream of what it sends. When `produce`
+/// returns an error status, the stream ends with it (even if the queue was full when it
+/// failed); when it returns `Ok`, the stream ends cleanly.
+pub(crate) fn spawn<T, F, Fut>(shutdown: watch::Receiver<bool>, produce: F) -> Outbox<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Sender<T>) -> Fut,
+    Fut: Future<Output = Result<(), Status>> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+    let (end_tx, end_rx) = oneshot::channel();
+    let task = produce(Sender { tx, shutdown });
+    tokio::spawn(async move {
+        // `task` owns the sender: the queue closes when it returns, then the end is known.
+        if let Err(status) = task.await {
+            let _ = end_tx.send(status);
+        }
+    });
+    Outbox {
+        rx,
+        end: Some(end_rx),
+    }
+}
+
+/// The stream handed to tonic: every queued message, then the final status if there is one.
+pub(crate) struct Outbox<T> {
+    rx: mpsc::Receiver<Result<T, Status>>,
+    end: Option<oneshot::Receiver<Status>>,
+}
+
+impl<T> Stream for Outbox<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(item)) => Poll::Ready(Some(item)),
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                let Some(end) = self.end.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                match Pin::new(end).poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(result) => {
+                        self.end = None;
+                        Poll::Ready(result.ok().map(Err))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Bytes `event` adds to a message's repeated `events` field (tag, length, body).
+fn field_len(event: &v1::SequencedEvent) -> usize {
+    let len = event.encoded_len();
+    1 + prost::length_delimiter_len(len) + len
+}
+
+/// Cuts `events` into runs whose encoded size stays within `max_bytes`; an event larger than
+/// that goes alone.
+pub(crate) fn cut_by_size(
+    events: Vec<v1::SequencedEvent>,
+    max_bytes: usize,
+) -> Vec<Vec<v1::SequencedEvent>> {
+    let mut messages = Vec::new();
+    let mut current = Vec::new();
+    let mut current_bytes = 0;
+    for event in events {
+        let len = field_len(&event);
+        if !current.is_empty() && current_bytes + len > max_bytes {
+            messages.push(std::mem::take(&mut current));
+            current_bytes = 0;
+        }
+        current_bytes += len;
+        current.push(event);
+    }
+    if !current.is_empty() {
+        messages.push(current);
+    }
+    messages
+}
+
+/// Chooses how many events to fetch per batch so a batch of large events does not hold much
+/// more than a few messages' worth of memory, while small events come `max` at a time.
+pub(crate) struct BatchSizer {
+    max: usize,
+    target_bytes: usize,
+    /// Largest event seen in the last batch; a guess before the first one.
+    largest: usize,
+}
+
+impl BatchSizer {
+    pub fn new(max: usize, target_bytes: usize) -> Self {
+        BatchSizer {
+            max: max.max(1),
+            target_bytes,
+            largest: 1024,
+        }
+    }
+
+    pub fn next(&self) -> usize {
+        (self.target_bytes / self.largest.max(1)).clamp(1, self.max)
+    }
+
+    pub fn observe(&mut self, events: &[v1::SequencedEvent]) {
+        if let Some(largest) = events.iter().map(field_len).max() {
+            self.largest = largest;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(position: u64, data_len: usize) -> v1::SequencedEvent {
+        v1::SequencedEvent {
+            position,
+            event: Some(v1::Event {
+                event_type: "T".into(),
+                data: vec![7; data_len],
+                ..Default::default()
+            }),
+            tracking_info: None,
+        }
+    }
+
+    #[test]
+    fn messages_stay_under_the_byte_limit_and_keep_order() {
+        let events: Vec<_> = (1..=100).map(|p| event(p, 1000)).collect();
+        let messages = cut_by_size(events, 10_000);
+        assert!(messages.len() > 1);
+        let mut next = 1;
+        for message in &messages {
+            let bytes = v1::ReadResponse {
+                events: message.clone(),
+                head: Some(100),
+            }
+            .encoded_len();
+            assert!(bytes <= 10_000 + 16, "message of {bytes} bytes");
+            for e in message {
+                assert_eq!(e.position, next);
+                next += 1;
+            }
+        }
+        assert_eq!(next, 101);
+    }
+
+    #[test]
+    fn an_event_larger_than_the_limit_goes_alone() {
+        let events = vec![event(1, 10), event(2, 50_000), event(3, 10)];
+        let messages = cut_by_size(events, 10_000);
+        let sizes: Vec<_> = messages.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![1, 1, 1]);
+    }
+
+    #[test]
+    fn batch_size_shrinks_for_large_events_and_never_reaches_zero() {
+        let mut sizer = BatchSizer::new(1000, 1_000_000);
+        sizer.observe(&[event(1, 100)]);
+        assert_eq!(sizer.next(), 1000);
+        sizer.observe(&[event(1, 100_000)]);
+        assert!(sizer.next() < 20);
+        sizer.observe(&[event(1, 5_000_000)]);
+        assert_eq!(sizer.next(), 1);
+    }
+}

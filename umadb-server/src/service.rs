@@ -1,0 +1,206 @@
+//! The `umadb.v1.DCB` service. Handlers convert wire types, call the store, convert back; every
+//! DCB rule lives in `umadb-core`.
+
+use crate::config::Limits;
+use crate::outbox::{self, Outbox};
+use crate::streams::{self, Paging};
+use std::sync::Arc;
+use tokio::sync::{oneshot, watch};
+use tonic::{Request, Response, Status};
+use umadb_core::{Error, Position, Query, Store};
+use umadb_proto::v1::dcb_server::Dcb;
+use umadb_proto::{status_from_error, v1};
+
+pub(crate) struct DcbService {
+    store: Arc<Store>,
+    /// Last committed position (0 for none), fed by the store's commit listener.
+    head: watch::Receiver<Position>,
+    shutdown: watch::Receiver<bool>,
+    limits: Limits,
+}
+
+impl DcbService {
+    pub fn new(
+        store: Arc<Store>,
+        head: watch::Receiver<Position>,
+        shutdown: watch::Receiver<bool>,
+        limits: Limits,
+    ) -> Self {
+        DcbService {
+            store,
+            head,
+            shutdown,
+            limits,
+        }
+    }
+
+    fn paging(&self, batch_size: Option<u32>) -> Paging {
+        Paging {
+            batch_size: self.limits.batch_size(batch_size),
+            max_message_bytes: self.limits.max_response_bytes,
+        }
+    }
+
+    fn subscription<T: Send + 'static>(
+        &self,
+        query: Query,
+        after: Position,
+        limit: Option<u64>,
+        batch_size: Option<u32>,
+        message: impl Fn(Vec<v1::SequencedEvent>) -> T + Send + 'static,
+    ) -> Result<Outbox<T>, Status> {
+        query.validate().map_err(|e| status_from_error(&e))?;
+        let (store, head, paging) = (self.store.clone(), self.head.clone(), self.paging(batch_size));
+        Ok(outbox::spawn(self.shutdown.clone(), move |out| {
+            streams::subscribe(store, head, query, after, limit, paging, out, message)
+        }))
+    }
+}
+
+fn invalid(message: String) -> Status {
+    status_from_error(&Error::InvalidArgument(message))
+}
+
+#[tonic::async_trait]
+impl Dcb for DcbService {
+    type ReadStream = Outbox<v1::ReadResponse>;
+    type SubscribeStream = Outbox<v1::SubscribeResponse>;
+
+    async fn read(
+        &self,
+        request: Request<v1::ReadRequest>,
+    ) -> Result<Response<Self::ReadStream>, Status> {
+        let request = request.into_inner();
+        let query: Query = request.query.map(Into::into).unwrap_or_default();
+        let backwards = request.backwards.unwrap_or(false);
+        let limit = request.limit.map(u64::from);
+        tracing::debug!(?query, start = ?request.start, backwards, ?limit, subscribe = ?request.subscribe, "read");
+        if request.subscribe.unwrap_or(false) {
+            if backwards {
+                return Err(invalid(
+                    "a read cannot both subscribe and go backwards; subscriptions follow new events forwards"
+                        .into(),
+                ));
+            }
+            // `start` is inclusive; a subscription starts after a position.
+            let after = request.start.unwrap_or(0).saturating_sub(1);
+            let stream = self.subscription(query, after, limit, request.batch_size, |events| {
+                let head = events.last().map(|e| e.position);
+                v1::ReadResponse { events, head }
+            })?;
+            return Ok(Response::new(stream));
+        }
+        let read = umadb_core::ReadRequest {
+            query,
+            start: request.start,
+            backwards,
+            limit,
+        };
+        let reader = self.store.read(read).map_err(|e| status_from_error(&e))?;
+        let (store, paging) = (self.store.clone(), self.paging(request.batch_size));
+        let limited = limit.is_some();
+        Ok(Response::new(outbox::spawn(self.shutdown.clone(), move |out| {
+            streams::read(store, reader, limited, paging, out)
+        })))
+    }
+
+    async fn subscribe(
+        &self,
+        request: Request<v1::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let request = request.into_inner();
+        let query: Query = request.query.map(Into::into).unwrap_or_default();
+        let after = request.after.unwrap_or(0);
+        tracing::debug!(?query, after, "subscribe");
+        let stream = self.subscription(query, after, None, request.batch_size, |events| {
+            v1::SubscribeResponse { events }
+        })?;
+        Ok(Response::new(stream))
+    }
+
+    async fn append(
+        &self,
+        request: Request<v1::AppendRequest>,
+    ) -> Result<Response<v1::AppendResponse>, Status> {
+        let request = request.into_inner();
+        let count = request.events.len();
+        if count > self.limits.max_events_per_append {
+            return Err(invalid(format!(
+                "the append carries {count} events; this server accepts at most {} per append \
+                 (split it into several appends, or raise the server's limit)",
+                self.limits.max_events_per_append
+            )));
+        }
+        let request: umadb_core::AppendRequest =
+            request.try_into().map_err(|e| status_from_error(&e))?;
+        let (reply, answer) = oneshot::channel();
+        self.store
+            .submit_append(
+                request,
+                Box::new(move |result| {
+                    let _ = reply.send(result);
+                }),
+            )
+            .map_err(|e| {
+                // Submitting fails only once the store has closed, during shutdown.
+                tracing::debug!(error = %e, "append refused");
+                status_from_error(&Error::Transport(
+                    "the server is shutting down and no longer accepts appends".into(),
+                ))
+            })?;
+        let result = answer.await.unwrap_or_else(|_| {
+            Err(Error::Internal(
+                "the writer stopped before answering the append".into(),
+            ))
+        });
+        match result {
+            Ok(position) => {
+                tracing::trace!(count, position, "append");
+                Ok(Response::new(v1::AppendResponse { position }))
+            }
+            Err(e) => {
+                log_failure(&self.store, &e);
+                Err(status_from_error(&e))
+            }
+        }
+    }
+
+    async fn head(
+        &self,
+        _request: Request<v1::HeadRequest>,
+    ) -> Result<Response<v1::HeadResponse>, Status> {
+        Ok(Response::new(v1::HeadResponse {
+            position: self.store.head(),
+        }))
+    }
+
+    async fn get_tracking_info(
+        &self,
+        request: Request<v1::TrackingRequest>,
+    ) -> Result<Response<v1::TrackingResponse>, Status> {
+        let source = request.into_inner().source;
+        let store = self.store.clone();
+        let position = tokio::task::spawn_blocking(move || store.tracking_position(&source))
+            .await
+            .map_err(|e| {
+                status_from_error(&Error::Internal(format!(
+                    "a storage task failed unexpectedly: {e}"
+                )))
+            })?
+            .map_err(|e| {
+                log_failure(&self.store, &e);
+                status_from_error(&e)
+            })?;
+        Ok(Response::new(v1::TrackingResponse { position }))
+    }
+}
+
+/// Failures of the server or the disk are logged; the client's own mistakes are not.
+pub(crate) fn log_failure(store: &Store, e: &Error) {
+    match e {
+        Error::Corruption(_) | Error::Io(_) | Error::Internal(_) => {
+            tracing::error!(store = %store.path().display(), error = %e, "request failed")
+        }
+        _ => tracing::debug!(error = %e, "request refused"),
+    }
+}

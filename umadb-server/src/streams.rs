@@ -1,0 +1,157 @@
+//! The producers behind the streaming calls: a read pages through a [`Reader`]; a subscription
+//! pages through the log with `read_range` and waits on the head watch when caught up.
+
+use crate::outbox::{cut_by_size, BatchSizer, Sender, Stop};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tonic::Status;
+use umadb_core::{Error, Position, Query, Reader, SequencedEvent, Store};
+use umadb_proto::{status_from_error, v1};
+
+/// How a read or subscription is paged.
+#[derive(Clone, Copy)]
+pub(crate) struct Paging {
+    /// Most events per batch (the client's batch size, capped).
+    pub batch_size: usize,
+    /// Most bytes per response message.
+    pub max_message_bytes: usize,
+}
+
+/// Streams a read to its end. Each batch is a fresh read transaction; every message carries the
+/// read's head. A read that matches nothing still sends one message, to tell the head.
+pub(crate) async fn read(
+    store: Arc<Store>,
+    mut reader: Reader,
+    limited: bool,
+    paging: Paging,
+    mut out: Sender<v1::ReadResponse>,
+) -> Result<(), Status> {
+    let mut sizer = BatchSizer::new(paging.batch_size, paging.max_message_bytes * 2);
+    let mut sent_any = false;
+    let mut last_sent: Option<Position> = None;
+    loop {
+        if out.shutting_down() {
+            return Err(read_interrupted(last_sent));
+        }
+        let count = sizer.next();
+        let (returned, batch) = blocking(move || {
+            let batch = reader.next_batch(count);
+            (reader, batch)
+        })
+        .await?;
+        reader = returned;
+        let Some(batch) = batch.map_err(|e| failed(&store, e))? else {
+            if !sent_any {
+                let empty = v1::ReadResponse {
+                    events: Vec::new(),
+                    head: reader.head(),
+                };
+                send(&mut out, empty, last_sent).await?;
+            }
+            return Ok(());
+        };
+        let head = reader.head();
+        let wire = to_wire(batch);
+        sizer.observe(&wire);
+        for events in cut_by_size(wire, paging.max_message_bytes) {
+            let last = events.last().map(|e| e.position);
+            // With a limit the head is the last event returned so far: when a batch is cut
+            // into several messages, that is the last event of each message.
+            let head = if limited { last } else { head };
+            send(&mut out, v1::ReadResponse { events, head }, last_sent).await?;
+            sent_any = true;
+            last_sent = last;
+        }
+    }
+}
+
+async fn send<T>(out: &mut Sender<T>, message: T, last_sent: Option<Position>) -> Result<(), Status> {
+    match out.send(message).await {
+        Ok(()) => Ok(()),
+        // Nobody is listening any more; the status goes nowhere.
+        Err(Stop::ClientGone) => Err(Status::cancelled("the client cancelled the read")),
+        Err(Stop::Shutdown) => Err(read_interrupted(last_sent)),
+    }
+}
+
+/// A read cut short must not look complete to the client.
+fn read_interrupted(last_sent: Option<Position>) -> Status {
+    let resume = match last_sent {
+        Some(p) => format!("; the last event sent was at position {p}"),
+        None => String::new(),
+    };
+    status_from_error(&Error::Transport(format!(
+        "the server is shutting down and ended the read before it was complete{resume}; read again"
+    )))
+}
+
+/// Streams every event matching `query` after `after`: the recorded ones, then new ones as they
+/// commit, until `limit` events were sent, the client leaves, or the server shuts down (which
+/// ends the stream cleanly).
+pub(crate) async fn subscribe<T>(
+    store: Arc<Store>,
+    mut head: watch::Receiver<Position>,
+    query: Query,
+    mut after: Position,
+    limit: Option<u64>,
+    paging: Paging,
+    mut out: Sender<T>,
+    message: impl Fn(Vec<v1::SequencedEvent>) -> T,
+) -> Result<(), Status> {
+    let query = Arc::new(query);
+    let mut sizer = BatchSizer::new(paging.batch_size, paging.max_message_bytes * 2);
+    let mut remaining = limit;
+    loop {
+        if remaining == Some(0) {
+            return Ok(());
+        }
+        let head_now = *head.borrow_and_update();
+        if after >= head_now {
+            match out.wait(head.changed()).await {
+                Ok(Ok(())) => continue,
+                // The store's head watch is gone: the server is stopping.
+                Ok(Err(_)) | Err(_) => return Ok(()),
+            }
+        }
+        let count = remaining.map_or(sizer.next(), |r| {
+            sizer.next().min(usize::try_from(r).unwrap_or(usize::MAX))
+        });
+        let (range_store, range_query) = (store.clone(), query.clone());
+        let batch = blocking(move || range_store.read_range(&range_query, after + 1, head_now, count))
+            .await?
+            .map_err(|e| failed(&store, e))?;
+        // A short batch means nothing else matches up to `head_now`.
+        after = match batch.last() {
+            Some(last) if batch.len() == count => last.position,
+            _ => head_now,
+        };
+        if let Some(r) = remaining.as_mut() {
+            *r -= batch.len() as u64;
+        }
+        let wire = to_wire(batch);
+        sizer.observe(&wire);
+        for events in cut_by_size(wire, paging.max_message_bytes) {
+            if out.send(message(events)).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn to_wire(batch: Vec<SequencedEvent>) -> Vec<v1::SequencedEvent> {
+    batch.into_iter().map(Into::into).collect()
+}
+
+/// Runs blocking store work off the async threads.
+async fn blocking<R: Send + 'static>(work: impl FnOnce() -> R + Send + 'static) -> Result<R, Status> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| {
+        status_from_error(&Error::Internal(format!(
+            "a storage task failed unexpectedly: {e}"
+        )))
+    })
+}
+
+fn failed(store: &Store, e: Error) -> Status {
+    crate::service::log_failure(store, &e);
+    status_from_error(&e)
+}
