@@ -665,6 +665,26 @@ fn read_head_is_head_at_start_without_limit() {
     assert_eq!(rest, vec![3, 4]);
     assert_eq!(reader.head(), Some(4));
     assert_eq!(store.head(), Some(7));
+
+    // Backwards, from beyond the head: starts at the head captured when the read began.
+    for start in [None, Some(1000)] {
+        let mut reader = store
+            .read(ReadRequest {
+                query: Query::all(),
+                start,
+                backwards: true,
+                limit: None,
+            })
+            .unwrap();
+        append(&store, vec![event("Odd", &[])]);
+        let mut got = Vec::new();
+        while let Some(batch) = reader.next_batch(3).unwrap() {
+            got.extend(batch.into_iter().map(|e| e.position));
+        }
+        let head_at_start = store.head().unwrap() - 1;
+        assert_eq!(got, (1..=head_at_start).rev().collect::<Vec<_>>());
+        assert_eq!(reader.head(), Some(head_at_start));
+    }
 }
 
 #[test]
