@@ -89,7 +89,12 @@ mod tests {
     #[test]
     fn missing_malformed_and_wrong_keys_are_authentication_errors() {
         let k = keys(&["secret"]);
-        for header in [None, Some(&b"secret"[..]), Some(b"Bearer wrong"), Some(b"Bearer ")] {
+        for header in [
+            None,
+            Some(&b"secret"[..]),
+            Some(b"Bearer wrong"),
+            Some(b"Bearer "),
+        ] {
             assert!(matches!(k.check(header), Err(Error::Authentication(_))));
         }
     }

@@ -53,7 +53,10 @@ impl fmt::Debug for ServerConfig {
             .field("listen", &self.listen)
             .field("db_path", &self.db_path)
             .field("tls", &self.tls)
-            .field("api_keys", &format_args!("[{} redacted]", self.api_keys.len()))
+            .field(
+                "api_keys",
+                &format_args!("[{} redacted]", self.api_keys.len()),
+            )
             .field("limits", &self.limits)
             .finish()
     }

@@ -12,6 +12,7 @@
 //! ```
 
 mod auth;
+mod closable;
 mod config;
 mod outbox;
 mod service;
@@ -20,12 +21,14 @@ mod wire_errors;
 
 pub use config::{Limits, ServerConfig, TlsConfig};
 
+use closable::Closable;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
@@ -81,6 +84,7 @@ pub struct RunningServer {
     store: Arc<Store>,
     health: HealthReporter,
     shutdown: watch::Sender<bool>,
+    close_connections: watch::Sender<bool>,
     stop_accepting: Option<oneshot::Sender<()>>,
     serve: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     grace: Duration,
@@ -117,7 +121,13 @@ impl RunningServer {
                         grace = ?self.grace,
                         "calls still open after the grace period; closing their connections"
                     );
-                    serve.abort();
+                    self.close_connections.send_replace(true);
+                    if tokio::time::timeout(Duration::from_secs(5), &mut serve)
+                        .await
+                        .is_err()
+                    {
+                        serve.abort();
+                    }
                 }
             }
         }
@@ -166,6 +176,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         addr: config.listen,
         source,
     })?;
+    let (close_connections, close_rx) = watch::channel(false);
+    let incoming = incoming.map(move |tcp| tcp.map(|tcp| Closable::new(tcp, close_rx.clone())));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in ["", SERVICE_NAME] {
@@ -206,7 +218,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     tracing::info!(
         "umadb {} listening on {local_addr} ({}, {}); data in {} (head {})",
         env!("CARGO_PKG_VERSION"),
-        if config.tls.is_some() { "TLS" } else { "plain text, no TLS" },
+        if config.tls.is_some() {
+            "TLS"
+        } else {
+            "plain text, no TLS"
+        },
         match config.api_keys.len() {
             0 => "no API key required".to_string(),
             1 => "API key required".to_string(),
@@ -220,6 +236,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         store,
         health,
         shutdown,
+        close_connections,
         stop_accepting: Some(stop_accepting),
         serve: Some(serve),
         grace: limits.shutdown_grace,
@@ -228,8 +245,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
 
 fn load_tls(tls: &TlsConfig) -> Result<ServerTlsConfig, ServerError> {
     let read = |what: &str, path: &std::path::Path| {
-        std::fs::read(path)
-            .map_err(|e| ServerError::Tls(format!("cannot read the {what} {}: {e}", path.display())))
+        std::fs::read(path).map_err(|e| {
+            ServerError::Tls(format!("cannot read the {what} {}: {e}", path.display()))
+        })
     };
     let cert = read("certificate", &tls.cert_path)?;
     let key = read("private key", &tls.key_path)?;

@@ -50,7 +50,11 @@ impl DcbService {
         message: impl Fn(Vec<v1::SequencedEvent>) -> T + Send + 'static,
     ) -> Result<Outbox<T>, Status> {
         query.validate().map_err(|e| status_from_error(&e))?;
-        let (store, head, paging) = (self.store.clone(), self.head.clone(), self.paging(batch_size));
+        let (store, head, paging) = (
+            self.store.clone(),
+            self.head.clone(),
+            self.paging(batch_size),
+        );
         Ok(outbox::spawn(self.shutdown.clone(), move |out| {
             streams::subscribe(store, head, query, after, limit, paging, out, message)
         }))
@@ -99,9 +103,10 @@ impl Dcb for DcbService {
         let reader = self.store.read(read).map_err(|e| status_from_error(&e))?;
         let (store, paging) = (self.store.clone(), self.paging(request.batch_size));
         let limited = limit.is_some();
-        Ok(Response::new(outbox::spawn(self.shutdown.clone(), move |out| {
-            streams::read(store, reader, limited, paging, out)
-        })))
+        Ok(Response::new(outbox::spawn(
+            self.shutdown.clone(),
+            move |out| streams::read(store, reader, limited, paging, out),
+        )))
     }
 
     async fn subscribe(

@@ -65,7 +65,11 @@ pub(crate) async fn read(
     }
 }
 
-async fn send<T>(out: &mut Sender<T>, message: T, last_sent: Option<Position>) -> Result<(), Status> {
+async fn send<T>(
+    out: &mut Sender<T>,
+    message: T,
+    last_sent: Option<Position>,
+) -> Result<(), Status> {
     match out.send(message).await {
         Ok(()) => Ok(()),
         // Nobody is listening any more; the status goes nowhere.
@@ -117,9 +121,10 @@ pub(crate) async fn subscribe<T>(
             sizer.next().min(usize::try_from(r).unwrap_or(usize::MAX))
         });
         let (range_store, range_query) = (store.clone(), query.clone());
-        let batch = blocking(move || range_store.read_range(&range_query, after + 1, head_now, count))
-            .await?
-            .map_err(|e| failed(&store, e))?;
+        let batch =
+            blocking(move || range_store.read_range(&range_query, after + 1, head_now, count))
+                .await?
+                .map_err(|e| failed(&store, e))?;
         // A short batch means nothing else matches up to `head_now`.
         after = match batch.last() {
             Some(last) if batch.len() == count => last.position,
@@ -143,7 +148,9 @@ fn to_wire(batch: Vec<SequencedEvent>) -> Vec<v1::SequencedEvent> {
 }
 
 /// Runs blocking store work off the async threads.
-async fn blocking<R: Send + 'static>(work: impl FnOnce() -> R + Send + 'static) -> Result<R, Status> {
+async fn blocking<R: Send + 'static>(
+    work: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, Status> {
     tokio::task::spawn_blocking(work).await.map_err(|e| {
         status_from_error(&Error::Internal(format!(
             "a storage task failed unexpectedly: {e}"
