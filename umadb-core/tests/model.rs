@@ -347,21 +347,21 @@ const CHUNK: u64 = 1 << 16;
 fn chunk_event(position: Position) -> Event {
     let near_boundary = (1..=2).any(|k| position.abs_diff(k * CHUNK) <= 3);
     let mut tags = Vec::new();
-    if position % 7 == 0 {
+    if position.is_multiple_of(7) {
         tags.push("m7");
     }
-    if position % 1000 == 0 {
+    if position.is_multiple_of(1000) {
         tags.push("m1000");
     }
     if near_boundary {
         tags.push("edge");
     }
     // Present in chunks 0 and 2, absent from chunk 1: evaluation must skip a whole chunk.
-    if position < 500 || position > 2 * CHUNK + 500 {
+    if !(500..=2 * CHUNK + 500).contains(&position) {
         tags.push("sparse");
     }
     // Only in chunk 1.
-    if (CHUNK..2 * CHUNK).contains(&position) && position % 11 == 0 {
+    if (CHUNK..2 * CHUNK).contains(&position) && position.is_multiple_of(11) {
         tags.push("c1");
     }
     Event::new(
