@@ -1,1 +1,5 @@
-//! Shared helpers for the UmaDB benchmarks.
+//! UmaDB benchmark tooling: the `umadb-bench` load generator's workloads and reports. The
+//! engine's criterion benchmarks are in `benches/core.rs`.
+
+pub mod report;
+pub mod workload;

@@ -1,0 +1,250 @@
+//! `umadb-bench`: a load generator for a running UmaDB server (loopback only).
+//!
+//! ```text
+//! umadb-bench prepopulate --events 1000000
+//! umadb-bench append --clients 64 --events-per-request 1 --seconds 10 [--conditional]
+//! umadb-bench read --clients 1 --seconds 10 [--tag-query]
+//! umadb-bench mixed --writers 8 --readers 4 --seconds 10
+//! umadb-bench sweep --workload append --max-clients 256 --seconds 5 --out-dir docs/bench
+//! ```
+//! Every command prints a markdown table and writes its results as JSON (`--out`).
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use umadb_benches::report;
+use umadb_benches::workload::{self, AppendSpec, ReadSpec, RunResult, Target};
+
+#[derive(Parser)]
+#[command(version, about = "Load generator for a running UmaDB server")]
+struct Cli {
+    /// Server URL (loopback only).
+    #[arg(
+        long,
+        global = true,
+        default_value = "http://127.0.0.1:50051",
+        env = "UMADB_URL"
+    )]
+    url: String,
+    /// API key, if the server requires one.
+    #[arg(long, global = true, env = "UMADB_API_KEY")]
+    api_key: Option<String>,
+    /// Where to write the JSON results.
+    #[arg(long, global = true, default_value = "bench-results.json")]
+    out: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fill the store with the standard log: five types, one tag per event out of N/10.
+    Prepopulate {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        #[arg(long, default_value_t = 5_000)]
+        batch: u64,
+    },
+    /// Concurrent appenders.
+    Append {
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        #[arg(long, default_value_t = 1)]
+        events_per_request: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Each request carries a condition on a tag of its own (it never fails).
+        #[arg(long)]
+        conditional: bool,
+    },
+    /// Concurrent readers of the whole store, or of random tags.
+    Read {
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long)]
+        tag_query: bool,
+        /// Number of distinct tags in the prepopulated log (N/10).
+        #[arg(long, default_value_t = 100_000)]
+        tags: u64,
+    },
+    /// Writers and readers at once.
+    Mixed {
+        #[arg(long, default_value_t = 8)]
+        writers: usize,
+        #[arg(long, default_value_t = 4)]
+        readers: usize,
+        #[arg(long, default_value_t = 1)]
+        events_per_request: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long)]
+        tag_query: bool,
+        #[arg(long, default_value_t = 100_000)]
+        tags: u64,
+    },
+    /// One workload at 1, 2, 4, … clients; writes a table and PNG plots.
+    Sweep {
+        #[arg(long, value_enum)]
+        workload: SweepWorkload,
+        #[arg(long, default_value_t = 256)]
+        max_clients: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 1)]
+        events_per_request: usize,
+        #[arg(long, default_value_t = 100_000)]
+        tags: u64,
+        #[arg(long, default_value = "docs/bench")]
+        out_dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SweepWorkload {
+    Append,
+    AppendConditional,
+    ReadTagQuery,
+    ReadWholeStore,
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("umadb-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    check_loopback(&cli.url)?;
+    let target = Target {
+        url: cli.url.clone(),
+        api_key: cli.api_key.clone(),
+    };
+    let results: Vec<RunResult> = match cli.command {
+        Command::Prepopulate { events, batch } => {
+            vec![workload::prepopulate(&target, events, batch.max(1)).await?]
+        }
+        Command::Append {
+            clients,
+            events_per_request,
+            seconds,
+            conditional,
+        } => {
+            let spec = AppendSpec {
+                events_per_request: events_per_request.max(1),
+                conditional,
+            };
+            vec![workload::append(&target, clients.max(1), spec, seconds).await]
+        }
+        Command::Read {
+            clients,
+            seconds,
+            tag_query,
+            tags,
+        } => {
+            let spec = read_spec(tag_query, tags);
+            vec![workload::read(&target, clients.max(1), spec, seconds).await]
+        }
+        Command::Mixed {
+            writers,
+            readers,
+            events_per_request,
+            seconds,
+            tag_query,
+            tags,
+        } => {
+            let spec = AppendSpec {
+                events_per_request: events_per_request.max(1),
+                conditional: false,
+            };
+            vec![
+                workload::mixed(
+                    &target,
+                    writers,
+                    spec,
+                    readers,
+                    read_spec(tag_query, tags),
+                    seconds,
+                )
+                .await,
+            ]
+        }
+        Command::Sweep {
+            workload: which,
+            max_clients,
+            seconds,
+            events_per_request,
+            tags,
+            out_dir,
+        } => {
+            let mut results = Vec::new();
+            let mut clients = 1;
+            while clients <= max_clients.max(1) {
+                let result = match which {
+                    SweepWorkload::Append | SweepWorkload::AppendConditional => {
+                        let spec = AppendSpec {
+                            events_per_request: events_per_request.max(1),
+                            conditional: matches!(which, SweepWorkload::AppendConditional),
+                        };
+                        workload::append(&target, clients, spec, seconds).await
+                    }
+                    SweepWorkload::ReadTagQuery => {
+                        workload::read(&target, clients, ReadSpec::TagQuery { tags }, seconds).await
+                    }
+                    SweepWorkload::ReadWholeStore => {
+                        workload::read(&target, clients, ReadSpec::WholeStore, seconds).await
+                    }
+                };
+                results.push(result);
+                clients *= 2;
+            }
+            std::fs::create_dir_all(&out_dir)
+                .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+            let name = results
+                .first()
+                .map(|r| r.workload.clone())
+                .unwrap_or_default();
+            let per_event = !matches!(which, SweepWorkload::ReadTagQuery);
+            report::plot_sweep(&out_dir, &name, &results, per_event)?;
+            let table = report::markdown_table(&results);
+            std::fs::write(out_dir.join(format!("{name}.md")), &table)
+                .map_err(|e| format!("cannot write the table: {e}"))?;
+            eprintln!("plots and table written to {}", out_dir.display());
+            results
+        }
+    };
+    println!("{}", report::markdown_table(&results));
+    report::write_json(&cli.out, &results)?;
+    eprintln!("results written to {}", cli.out.display());
+    Ok(())
+}
+
+fn read_spec(tag_query: bool, tags: u64) -> ReadSpec {
+    if tag_query {
+        ReadSpec::TagQuery { tags }
+    } else {
+        ReadSpec::WholeStore
+    }
+}
+
+/// The load generator only ever targets this machine.
+fn check_loopback(url: &str) -> Result<(), String> {
+    let host = url
+        .split("://")
+        .nth(1)
+        .unwrap_or(url)
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    match host {
+        "127.0.0.1" | "localhost" | "[::1]" | "::1" => Ok(()),
+        other if other.starts_with("127.") => Ok(()),
+        other => Err(format!(
+            "{other} is not a loopback address; umadb-bench only drives a server on this machine"
+        )),
+    }
+}
