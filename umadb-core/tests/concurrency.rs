@@ -44,7 +44,7 @@ fn no_two_conditional_appends_both_pass_when_one_should_fail() {
             let store = store.clone();
             let start = start.clone();
             std::thread::spawn(move || {
-                let mut rng = XorShift(0x9e37_79b9_7f4a_7c15 ^ (t as u64 + 1) * 0x1234_5678);
+                let mut rng = XorShift(0x9e37_79b9_7f4a_7c15 ^ ((t as u64 + 1) * 0x1234_5678));
                 let mut successes = Vec::new();
                 let mut conflicts = 0;
                 start.wait();
