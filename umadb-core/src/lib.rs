@@ -8,6 +8,9 @@ mod types;
 
 pub use error::{Error, Result};
 #[cfg(feature = "storage")]
+#[doc(hidden)]
+pub use storage::{debug_counters, reset_debug_counters};
+#[cfg(feature = "storage")]
 pub use storage::{Reader, Store, StoreOptions};
 pub use types::{
     AppendCondition, AppendRequest, Event, Position, Query, QueryItem, ReadRequest, SequencedEvent,

@@ -12,7 +12,13 @@ use crate::error::{Error, Result};
 use crate::types::{Position, Query};
 use heed::RoTxn;
 use roaring::RoaringBitmap;
+use std::cell::Cell;
 use std::ops::ControlFlow;
+
+thread_local! {
+    /// Index chunk loads (found or not) on this thread; see [`super::debug_counters`].
+    pub(crate) static CHUNKS_LOADED: Cell<u64> = const { Cell::new(0) };
+}
 
 /// A query resolved against the intern table.
 pub enum Plan {
@@ -266,6 +272,7 @@ pub fn load_chunk(
     id: u32,
     chunk: u32,
 ) -> Result<Option<RoaringBitmap>> {
+    CHUNKS_LOADED.with(|n| n.set(n.get() + 1));
     let key = format::index_key(kind, id, chunk);
     match dbs.index.get(txn, &key).map_err(storage_error)? {
         Some(bytes) => RoaringBitmap::deserialize_from(bytes)

@@ -304,6 +304,22 @@ impl Drop for Store {
     }
 }
 
+/// (event records decoded, index chunk loads) on the calling thread since the last
+/// [`reset_debug_counters`]: lets tests check that a query touches only what it must.
+#[doc(hidden)]
+pub fn debug_counters() -> (u64, u64) {
+    (
+        read::RECORDS_DECODED.with(std::cell::Cell::get),
+        eval::CHUNKS_LOADED.with(std::cell::Cell::get),
+    )
+}
+
+#[doc(hidden)]
+pub fn reset_debug_counters() {
+    read::RECORDS_DECODED.with(|n| n.set(0));
+    eval::CHUNKS_LOADED.with(|n| n.set(0));
+}
+
 pub(crate) fn nonzero(p: Position) -> Option<Position> {
     (p != 0).then_some(p)
 }

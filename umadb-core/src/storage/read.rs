@@ -6,9 +6,21 @@ use super::{append_tracking, format, nonzero, storage_error, Dbs, Shared};
 use crate::error::Result;
 use crate::types::{Position, Query, ReadRequest, SequencedEvent, TrackingInfo};
 use heed::RoTxn;
+use std::cell::Cell;
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+
+thread_local! {
+    /// Event records decoded on this thread; see [`super::debug_counters`].
+    pub(crate) static RECORDS_DECODED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Decodes the record stored at `position`, counting it.
+fn decode_record(position: Position, bytes: &[u8]) -> Result<format::DecodedEvent> {
+    RECORDS_DECODED.with(|n| n.set(n.get() + 1));
+    format::decode_event(position, bytes)
+}
 
 /// A read in progress. Call [`Reader::next_batch`] until it returns `None`.
 pub struct Reader {
@@ -157,7 +169,7 @@ fn load_event(
                 "the index names position {position} but no event is stored there"
             ))
         })?;
-    let decoded = format::decode_event(position, bytes)?;
+    let decoded = decode_record(position, bytes)?;
     let tracking_info = if decoded.tracked {
         match tracking_cache {
             Some((first, last, info)) if *first <= position && position <= *last => {
@@ -216,7 +228,7 @@ pub(crate) fn stored_uuid(
         .get(txn, &format::position_key(position))
         .map_err(storage_error)?
     {
-        Some(bytes) => Ok(format::decode_event(position, bytes)?.event.uuid),
+        Some(bytes) => Ok(decode_record(position, bytes)?.event.uuid),
         None => Err(format::corrupt(format!(
             "the index names position {position} but no event is stored there"
         ))),

@@ -1,0 +1,218 @@
+//! A store of 1,000,000 events: a query touches only the events and index chunks it needs,
+//! whatever the size of the log. Counts, not timings (performance is measured in benches/).
+
+use umadb_core::{
+    debug_counters, reset_debug_counters, AppendRequest, Event, Position, Query, QueryItem,
+    ReadRequest, Store,
+};
+
+const EVENTS: u64 = 1_000_000;
+const TAGS: u64 = 100_000;
+const TYPES: u64 = 5;
+const BATCH: u64 = 10_000;
+const CHUNK_BITS: u32 = 16;
+
+/// Event at `position`: type and tag cycle through their alphabets, so each tag has
+/// EVENTS / TAGS = 10 events, one every 100,000 positions, each in a different index chunk.
+fn event_at(position: Position) -> Event {
+    let i = position - 1;
+    Event::new(
+        format!("Type{}", i % TYPES),
+        [format!("tag-{}", i % TAGS)],
+        i.to_le_bytes().to_vec(),
+    )
+}
+
+fn tag_positions(tag: u64) -> Vec<Position> {
+    (0..EVENTS / TAGS).map(|j| tag + 1 + j * TAGS).collect()
+}
+
+fn chunks_of(positions: &[Position]) -> usize {
+    let mut chunks: Vec<u64> = positions.iter().map(|p| p >> CHUNK_BITS).collect();
+    chunks.dedup();
+    chunks.len()
+}
+
+fn tag_query(tags: &[u64]) -> Query {
+    Query::from_items(
+        tags.iter()
+            .map(|t| QueryItem::new(Vec::<String>::new(), [format!("tag-{t}")])),
+    )
+}
+
+/// Reads and returns (positions, records decoded, index chunk loads).
+fn measured(store: &Store, request: ReadRequest) -> (Vec<Position>, u64, u64) {
+    reset_debug_counters();
+    let (events, _) = store.read_all(request).unwrap();
+    let (decoded, chunks) = debug_counters();
+    for e in &events {
+        assert_eq!(e.event, event_at(e.position));
+    }
+    (events.iter().map(|e| e.position).collect(), decoded, chunks)
+}
+
+#[test]
+fn queries_on_a_million_events_touch_only_what_they_return() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("db")).unwrap();
+    for first in (1..=EVENTS).step_by(BATCH as usize) {
+        let last = store
+            .append(AppendRequest {
+                events: (first..first + BATCH).map(event_at).collect(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(last, first + BATCH - 1);
+    }
+    assert_eq!(store.head(), Some(EVENTS));
+
+    // One tag, ten events spread over the whole log.
+    let tag = 12_345;
+    let want = tag_positions(tag);
+    let (got, decoded, chunks) = measured(
+        &store,
+        ReadRequest {
+            query: tag_query(&[tag]),
+            ..Default::default()
+        },
+    );
+    assert_eq!(got, want);
+    assert_eq!(
+        decoded,
+        want.len() as u64,
+        "only the matching records are decoded"
+    );
+    assert_eq!(
+        chunks as usize,
+        chunks_of(&want),
+        "one index chunk per chunk holding a match"
+    );
+
+    // Backwards with a limit stops at the first match.
+    let (got, decoded, chunks) = measured(
+        &store,
+        ReadRequest {
+            query: tag_query(&[tag]),
+            backwards: true,
+            limit: Some(1),
+            start: None,
+        },
+    );
+    assert_eq!(got, vec![*want.last().unwrap()]);
+    assert_eq!((decoded, chunks), (1, 1));
+
+    // From the middle of the log.
+    let start = EVENTS / 2;
+    let later: Vec<Position> = want.iter().copied().filter(|&p| p >= start).collect();
+    let (got, decoded, chunks) = measured(
+        &store,
+        ReadRequest {
+            query: tag_query(&[tag]),
+            start: Some(start),
+            ..Default::default()
+        },
+    );
+    assert_eq!(got, later);
+    assert_eq!(decoded, later.len() as u64);
+    assert_eq!(chunks as usize, chunks_of(&later));
+
+    // Type and tag: the type's chunks are loaded only where the tag has events.
+    let event_type = format!("Type{}", tag % TYPES);
+    let (got, decoded, chunks) = measured(
+        &store,
+        ReadRequest {
+            query: Query::from_items([QueryItem::new([event_type], [format!("tag-{tag}")])]),
+            ..Default::default()
+        },
+    );
+    assert_eq!(got, want);
+    assert_eq!(decoded, want.len() as u64);
+    assert_eq!(chunks as usize, 2 * chunks_of(&want));
+
+    // Two items OR-ed.
+    let mut both: Vec<Position> = tag_positions(7)
+        .into_iter()
+        .chain(tag_positions(99_999))
+        .collect();
+    both.sort_unstable();
+    let (got, decoded, chunks) = measured(
+        &store,
+        ReadRequest {
+            query: tag_query(&[7, 99_999]),
+            ..Default::default()
+        },
+    );
+    assert_eq!(got, both);
+    assert_eq!(decoded, both.len() as u64);
+    // Each chunk holding a match of either item is visited once, looking up both items there.
+    assert_eq!(chunks as usize, 2 * chunks_of(&both));
+
+    // A dense type, limited: one chunk, as many records as asked.
+    let (got, decoded, chunks) = measured(
+        &store,
+        ReadRequest {
+            query: Query::from_items([QueryItem::new(["Type3"], Vec::<String>::new())]),
+            limit: Some(10),
+            ..Default::default()
+        },
+    );
+    assert_eq!(got, (0..10).map(|j| 4 + j * TYPES).collect::<Vec<_>>());
+    assert_eq!((decoded, chunks), (10, 1));
+
+    // Nothing matches: nothing is decoded.
+    let wrong_type = format!("Type{}", (tag + 1) % TYPES);
+    let (got, decoded, _) = measured(
+        &store,
+        ReadRequest {
+            query: Query::from_items([QueryItem::new([wrong_type], [format!("tag-{tag}")])]),
+            ..Default::default()
+        },
+    );
+    assert!(got.is_empty());
+    assert_eq!(decoded, 0);
+    let (got, decoded, chunks) = measured(
+        &store,
+        ReadRequest {
+            query: tag_query(&[TAGS + 1]),
+            ..Default::default()
+        },
+    );
+    assert!(got.is_empty());
+    assert_eq!((decoded, chunks), (0, 0));
+
+    // Streaming in small batches decodes each record once.
+    reset_debug_counters();
+    let mut reader = store
+        .read(ReadRequest {
+            query: tag_query(&[tag]),
+            ..Default::default()
+        })
+        .unwrap();
+    let mut streamed = Vec::new();
+    while let Some(batch) = reader.next_batch(3).unwrap() {
+        streamed.extend(batch.into_iter().map(|e| e.position));
+    }
+    assert_eq!(streamed, want);
+    assert_eq!(debug_counters().0, want.len() as u64);
+
+    // A rare type, only in the newest chunk: the tag's older chunks are skipped, not loaded.
+    let late: Vec<Event> = (0..5)
+        .map(|_| Event::new("Late", [format!("tag-{tag}")], vec![]))
+        .collect();
+    let last = store
+        .append(AppendRequest {
+            events: late,
+            ..Default::default()
+        })
+        .unwrap();
+    reset_debug_counters();
+    let (events, _) = store
+        .read_all(ReadRequest {
+            query: Query::from_items([QueryItem::new(["Late"], [format!("tag-{tag}")])]),
+            ..Default::default()
+        })
+        .unwrap();
+    let positions: Vec<Position> = events.iter().map(|e| e.position).collect();
+    assert_eq!(positions, (EVENTS + 1..=last).collect::<Vec<_>>());
+    assert_eq!(debug_counters(), (5, 2));
+}
