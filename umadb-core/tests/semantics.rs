@@ -1590,3 +1590,75 @@ fn a_failed_request_in_a_group_does_not_affect_others() {
         );
     }
 }
+
+#[test]
+fn types_and_tags_are_separate_namespaces() {
+    let (_dir, store) = temp_store();
+    append(&store, vec![event("x", &["y"]), event("y", &["x"])]);
+    assert_eq!(matching(&store, query(vec![item(&["x"], &[])])), vec![1]);
+    assert_eq!(matching(&store, query(vec![item(&[], &["x"])])), vec![2]);
+    assert_eq!(
+        matching(&store, query(vec![item(&["x"], &["x"])])),
+        Vec::<u64>::new()
+    );
+}
+
+#[test]
+fn a_full_map_fails_the_append_cleanly_and_consumes_no_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let small = umadb_core::StoreOptions {
+        map_size: 1 << 20,
+        ..Default::default()
+    };
+    let big = |i: u8| Event::new("Big", ["big"], vec![i; 64 * 1024]);
+    let written = {
+        let store = Store::open_with(&path, small.clone()).unwrap();
+        let mut written = 0;
+        let error = loop {
+            match store.append(AppendRequest {
+                events: vec![big(written as u8)],
+                ..Default::default()
+            }) {
+                Ok(position) => {
+                    written += 1;
+                    assert_eq!(position, written);
+                    assert!(written < 100, "a 1 MiB map cannot hold this much");
+                }
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(error, Error::Io(_)), "{error}");
+        assert!(error.message().contains("map size"), "{error}");
+        // The store still answers: head unchanged, everything written readable.
+        assert_eq!(store.head(), Some(written));
+        assert_eq!(all_positions(&store), (1..=written).collect::<Vec<_>>());
+        written
+    };
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.head(), Some(written));
+    assert_eq!(append(&store, vec![big(0)]), written + 1);
+    assert_eq!(
+        matching(&store, query(vec![item(&[], &["big"])])),
+        (1..=written + 1).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_reader_keeps_working_after_the_store_is_dropped() {
+    let (_dir, store) = store_with(5);
+    let mut reader = store
+        .read(ReadRequest {
+            query: Query::all(),
+            ..Default::default()
+        })
+        .unwrap();
+    let first = reader.next_batch(2).unwrap().unwrap();
+    drop(store);
+    let mut positions: Vec<u64> = first.iter().map(|e| e.position).collect();
+    while let Some(batch) = reader.next_batch(2).unwrap() {
+        positions.extend(batch.iter().map(|e| e.position));
+    }
+    assert_eq!(positions, vec![1, 2, 3, 4, 5]);
+    assert_eq!(reader.head(), Some(5));
+}
