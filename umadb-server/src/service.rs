@@ -50,13 +50,16 @@ impl DcbService {
         message: impl Fn(Vec<v1::SequencedEvent>) -> T + Send + 'static,
     ) -> Result<Outbox<T>, Status> {
         query.validate().map_err(|e| status_from_error(&e))?;
-        let (store, head, paging) = (
-            self.store.clone(),
-            self.head.clone(),
-            self.paging(batch_size),
-        );
+        let subscription = streams::Subscription {
+            store: self.store.clone(),
+            head: self.head.clone(),
+            query,
+            after,
+            limit,
+            paging: self.paging(batch_size),
+        };
         Ok(outbox::spawn(self.shutdown.clone(), move |out| {
-            streams::subscribe(store, head, query, after, limit, paging, out, message)
+            streams::subscribe(subscription, out, message)
         }))
     }
 }

@@ -89,19 +89,35 @@ fn read_interrupted(last_sent: Option<Position>) -> Status {
     )))
 }
 
-/// Streams every event matching `query` after `after`: the recorded ones, then new ones as they
-/// commit, until `limit` events were sent, the client leaves, or the server shuts down (which
-/// ends the stream cleanly).
+/// What a subscription follows.
+pub(crate) struct Subscription {
+    pub store: Arc<Store>,
+    /// The last committed position (0 for none), updated after every commit.
+    pub head: watch::Receiver<Position>,
+    pub query: Query,
+    /// Only events after this position.
+    pub after: Position,
+    /// End after this many events.
+    pub limit: Option<u64>,
+    pub paging: Paging,
+}
+
+/// Streams every event matching the query after `after`: the recorded ones, then new ones as
+/// they commit, until `limit` events were sent, the client leaves, or the server shuts down
+/// (which ends the stream cleanly).
 pub(crate) async fn subscribe<T>(
-    store: Arc<Store>,
-    mut head: watch::Receiver<Position>,
-    query: Query,
-    mut after: Position,
-    limit: Option<u64>,
-    paging: Paging,
+    subscription: Subscription,
     mut out: Sender<T>,
     message: impl Fn(Vec<v1::SequencedEvent>) -> T,
 ) -> Result<(), Status> {
+    let Subscription {
+        store,
+        mut head,
+        query,
+        mut after,
+        limit,
+        paging,
+    } = subscription;
     let query = Arc::new(query);
     let mut sizer = BatchSizer::new(paging.batch_size, paging.max_message_bytes * 2);
     let mut remaining = limit;
