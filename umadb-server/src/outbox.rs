@@ -137,32 +137,42 @@ pub(crate) fn cut_by_size(
     messages
 }
 
-/// Chooses how many events to fetch per batch so a batch of large events does not hold much
-/// more than a few messages' worth of memory, while small events come `max` at a time.
+/// Chooses how many events to fetch per batch so a batch of large events holds about
+/// `target_bytes`, while small events come `max` at a time. Sizes are unknown before the first
+/// batch, so batches start small and double until they reach `max`.
 pub(crate) struct BatchSizer {
     max: usize,
     target_bytes: usize,
-    /// Largest event seen in the last batch; a guess before the first one.
-    largest: usize,
+    /// Largest event of the last batch, once one was read.
+    largest: Option<usize>,
+    ramp: usize,
 }
+
+/// Events in the first batch of a read or subscription.
+const FIRST_BATCH: usize = 16;
 
 impl BatchSizer {
     pub fn new(max: usize, target_bytes: usize) -> Self {
         BatchSizer {
             max: max.max(1),
             target_bytes,
-            largest: 1024,
+            largest: None,
+            ramp: FIRST_BATCH,
         }
     }
 
     pub fn next(&self) -> usize {
-        (self.target_bytes / self.largest.max(1)).clamp(1, self.max)
+        let by_size = self
+            .largest
+            .map_or(usize::MAX, |largest| self.target_bytes / largest.max(1));
+        by_size.min(self.ramp).clamp(1, self.max)
     }
 
     pub fn observe(&mut self, events: &[v1::SequencedEvent]) {
         if let Some(largest) = events.iter().map(field_len).max() {
-            self.largest = largest;
+            self.largest = Some(largest);
         }
+        self.ramp = self.ramp.saturating_mul(2);
     }
 }
 
@@ -212,9 +222,24 @@ mod tests {
     }
 
     #[test]
+    fn batch_size_grows_to_the_maximum_for_small_events() {
+        let mut sizer = BatchSizer::new(1000, 1_000_000);
+        assert_eq!(sizer.next(), FIRST_BATCH);
+        let mut sizes = Vec::new();
+        for _ in 0..8 {
+            sizer.observe(&[event(1, 100)]);
+            sizes.push(sizer.next());
+        }
+        assert_eq!(sizes, vec![32, 64, 128, 256, 512, 1000, 1000, 1000]);
+        assert_eq!(BatchSizer::new(3, 1_000_000).next(), 3);
+    }
+
+    #[test]
     fn batch_size_shrinks_for_large_events_and_never_reaches_zero() {
         let mut sizer = BatchSizer::new(1000, 1_000_000);
-        sizer.observe(&[event(1, 100)]);
+        for _ in 0..10 {
+            sizer.observe(&[event(1, 100)]);
+        }
         assert_eq!(sizer.next(), 1000);
         sizer.observe(&[event(1, 100_000)]);
         assert!(sizer.next() < 20);

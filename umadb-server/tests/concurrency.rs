@@ -56,8 +56,10 @@ async fn concurrent_read_then_conditional_append_is_gapless_and_never_double_acc
         }));
     }
     let mut acknowledged: HashMap<u64, (usize, u64)> = HashMap::new();
+    let mut rejected = 0;
     for task in tasks {
-        let (client_id, accepted, _) = task.await.expect("client task");
+        let (client_id, accepted, rejections) = task.await.expect("client task");
+        rejected += rejections;
         for (position, after) in accepted {
             assert!(
                 acknowledged.insert(position, (client_id, after)).is_none(),
@@ -67,6 +69,7 @@ async fn concurrent_read_then_conditional_append_is_gapless_and_never_double_acc
     }
     let total = (CLIENTS * APPENDS_PER_CLIENT) as u64;
     assert_eq!(acknowledged.len() as u64, total);
+    eprintln!("{total} conditional appends accepted, {rejected} rejected by a concurrent one");
 
     let mut client = server.client().await;
     let (events, head) = read_all(&mut client, v1::ReadRequest::default())
