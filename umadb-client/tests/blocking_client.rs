@@ -354,3 +354,16 @@ fn blocking_errors_have_the_same_kinds() {
     server.stop();
     assert!(matches!(client.head(), Err(Error::Transport(_))));
 }
+
+#[test]
+fn blocking_client_and_its_iterators_can_be_dropped_inside_async_code() {
+    let server = Server::start();
+    let client = client(&server);
+    let read = client.read(None, None, false, None).expect("read");
+    let subscription = client.subscribe(None, None).expect("subscribe");
+    server.runtime.block_on(async move {
+        drop(read);
+        drop(subscription);
+        drop(client);
+    });
+}

@@ -3,9 +3,9 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, watch};
 
+use super::OwnedRuntime;
 use crate::stream::BatchSource;
 use crate::{Error, Position, Result, SequencedEvent};
 
@@ -101,14 +101,16 @@ struct Feed {
     finished: bool,
     what: &'static str,
     // Keeps the feeding task's runtime alive even if the client is dropped first.
-    _runtime: Arc<Runtime>,
+    _runtime: Arc<OwnedRuntime>,
 }
 
 impl Feed {
-    fn spawn<S: BatchSource>(runtime: &Arc<Runtime>, source: S, what: &'static str) -> Self {
+    fn spawn<S: BatchSource>(runtime: &Arc<OwnedRuntime>, source: S, what: &'static str) -> Self {
         let (sender, receiver) = mpsc::channel(PREFETCH_BATCHES);
         let cancel = CancelHandle::new();
-        runtime.spawn(feed(source, sender, cancel.cancelled.subscribe()));
+        runtime
+            .get()
+            .spawn(feed(source, sender, cancel.cancelled.subscribe()));
         Feed {
             receiver,
             cancel,
@@ -199,7 +201,7 @@ pub struct ReadResponse {
 }
 
 impl ReadResponse {
-    pub(crate) fn spawn(runtime: &Arc<Runtime>, response: crate::ReadResponse) -> Self {
+    pub(crate) fn spawn(runtime: &Arc<OwnedRuntime>, response: crate::ReadResponse) -> Self {
         ReadResponse {
             feed: Feed::spawn(runtime, response, "read"),
         }
@@ -251,7 +253,7 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    pub(crate) fn spawn(runtime: &Arc<Runtime>, subscription: crate::Subscription) -> Self {
+    pub(crate) fn spawn(runtime: &Arc<OwnedRuntime>, subscription: crate::Subscription) -> Self {
         Subscription {
             feed: Feed::spawn(runtime, subscription, "subscription"),
         }

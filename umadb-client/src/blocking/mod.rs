@@ -34,7 +34,25 @@ use crate::{AppendCondition, ClientBuilder, Error, Event, Position, Query, Resul
 #[derive(Clone)]
 pub struct Client {
     inner: crate::Client,
-    runtime: Arc<Runtime>,
+    runtime: Arc<OwnedRuntime>,
+}
+
+/// The client's runtime. Dropping it never blocks (and so never panics inside async code):
+/// its tasks only wait on the network.
+pub(crate) struct OwnedRuntime(Option<Runtime>);
+
+impl OwnedRuntime {
+    pub(crate) fn get(&self) -> &Runtime {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -63,11 +81,11 @@ impl Client {
             .enable_all()
             .build()
             .map_err(|e| Error::Io(format!("cannot start the client's runtime: {e}")))?;
-        let inner = runtime.block_on(crate::Client::from_builder(builder))?;
-        Ok(Client {
-            inner,
-            runtime: Arc::new(runtime),
-        })
+        let runtime = Arc::new(OwnedRuntime(Some(runtime)));
+        let inner = runtime
+            .get()
+            .block_on(crate::Client::from_builder(builder))?;
+        Ok(Client { inner, runtime })
     }
 
     /// The async client this one drives, for code that has both kinds.
@@ -83,6 +101,7 @@ impl Client {
         tracking_info: Option<TrackingInfo>,
     ) -> Result<Position> {
         self.runtime
+            .get()
             .block_on(self.inner.append(events, condition, tracking_info))
     }
 
@@ -97,6 +116,7 @@ impl Client {
     ) -> Result<ReadResponse> {
         let response = self
             .runtime
+            .get()
             .block_on(self.inner.read(query, start, backwards, limit))?;
         Ok(ReadResponse::spawn(&self.runtime, response))
     }
@@ -104,23 +124,28 @@ impl Client {
     /// See [`crate::Client::subscribe`]. The returned iterator blocks until new events are
     /// committed; stop it from another thread with [`Subscription::cancel_handle`].
     pub fn subscribe(&self, query: Option<Query>, after: Option<Position>) -> Result<Subscription> {
-        let subscription = self.runtime.block_on(self.inner.subscribe(query, after))?;
+        let subscription = self
+            .runtime
+            .get()
+            .block_on(self.inner.subscribe(query, after))?;
         Ok(Subscription::spawn(&self.runtime, subscription))
     }
 
     /// See [`crate::Client::head`].
     pub fn head(&self) -> Result<Option<Position>> {
-        self.runtime.block_on(self.inner.head())
+        self.runtime.get().block_on(self.inner.head())
     }
 
     /// See [`crate::Client::get_tracking_info`].
     pub fn get_tracking_info(&self, source: &str) -> Result<Option<Position>> {
-        self.runtime.block_on(self.inner.get_tracking_info(source))
+        self.runtime
+            .get()
+            .block_on(self.inner.get_tracking_info(source))
     }
 
     /// See [`crate::Client::check_health`].
     pub fn check_health(&self) -> Result<bool> {
-        self.runtime.block_on(self.inner.check_health())
+        self.runtime.get().block_on(self.inner.check_health())
     }
 }
 
