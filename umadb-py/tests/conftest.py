@@ -154,7 +154,8 @@ class Server:
         for key in api_keys:
             args += ["--api-key", key]
         env = {k: v for k, v in os.environ.items() if not k.startswith("UMADB_")}
-        self._log = open(self.log_path, "wb")
+        directory.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         self._wait_until_listening()
 
