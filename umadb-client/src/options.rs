@@ -89,7 +89,7 @@ impl RetryPolicy {
 ///     .await?;
 /// # let _ = client; Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientBuilder {
     pub(crate) url: String,
     pub(crate) ca_path: Option<PathBuf>,
@@ -98,6 +98,21 @@ pub struct ClientBuilder {
     pub(crate) connect_timeout: Duration,
     pub(crate) request_timeout: Option<Duration>,
     pub(crate) retry: RetryPolicy,
+}
+
+// The API key never appears in logs or debug output.
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("url", &self.url)
+            .field("ca_path", &self.ca_path)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("batch_size", &self.batch_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("retry", &self.retry)
+            .finish()
+    }
 }
 
 impl ClientBuilder {
@@ -282,6 +297,14 @@ mod tests {
             builder.endpoint(),
             Err(Error::InvalidArgument(m)) if m.contains("/nonexistent/ca.pem")
         ));
+    }
+
+    #[test]
+    fn debug_output_does_not_show_the_api_key() {
+        let builder = ClientBuilder::new("http://127.0.0.1:1").api_key("s3cret-key");
+        let shown = format!("{builder:?}");
+        assert!(!shown.contains("s3cret-key"), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
     }
 
     #[test]
