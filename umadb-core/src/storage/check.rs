@@ -1,0 +1,167 @@
+//! A full consistency check of a store, run in one read snapshot (so it can run while the
+//! server writes): every record decodes and passes its checksum, positions are gapless from 1,
+//! and the indexes hold exactly the (type or tag, position) pairs the events do.
+//!
+//! Index agreement is checked in two halves that together prove equality without holding the
+//! whole index in memory: every event is present in the bitmap of its type and of each of its
+//! tags (bitmaps are cached one chunk at a time), and the total number of positions in all
+//! bitmaps equals the number of (event, type-or-tag) pairs.
+
+use super::eval::load_chunk;
+use super::format::{self, Kind};
+use super::{append_tracking, intern, storage_error, Dbs};
+use crate::error::Result;
+use crate::types::Position;
+use heed::RoTxn;
+use roaring::RoaringBitmap;
+use std::collections::HashMap;
+
+/// Problems listed in a report at most; the count covers them all.
+const MAX_LISTED: usize = 100;
+
+/// What [`Store::check`](super::Store::check) found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Events examined.
+    pub events: u64,
+    /// The last position found (0 when empty).
+    pub head: Position,
+    /// Number of problems found.
+    pub problem_count: u64,
+    /// The first problems found, in words.
+    pub problems: Vec<String>,
+}
+
+impl CheckReport {
+    pub fn is_ok(&self) -> bool {
+        self.problem_count == 0
+    }
+
+    fn problem(&mut self, message: String) {
+        self.problem_count += 1;
+        if self.problems.len() < MAX_LISTED {
+            self.problems.push(message);
+        }
+    }
+}
+
+pub(crate) fn check(txn: &RoTxn, dbs: &Dbs, mut progress: impl FnMut(u64)) -> Result<CheckReport> {
+    let mut report = CheckReport::default();
+    let mut memberships: u64 = 0;
+    let mut cached_chunk = u32::MAX;
+    let mut cache: HashMap<(Kind, u32), Option<RoaringBitmap>> = HashMap::new();
+    let mut expected = 1;
+    for entry in dbs.events.iter(txn).map_err(storage_error)? {
+        let (key, value) = entry.map_err(storage_error)?;
+        let position = match format::decode_position_key(key) {
+            Ok(p) => p,
+            Err(e) => {
+                report.problem(e.message().to_string());
+                continue;
+            }
+        };
+        report.events += 1;
+        report.head = position;
+        if position != expected {
+            report.problem(format!(
+                "positions are not gapless: expected {expected}, found {position}"
+            ));
+        }
+        expected = position + 1;
+        if report.events % 100_000 == 0 {
+            progress(report.events);
+        }
+        let decoded = match format::decode_event(position, value) {
+            Ok(d) => d,
+            Err(e) => {
+                report.problem(e.message().to_string());
+                continue;
+            }
+        };
+        if decoded.tracked {
+            if let Err(e) = append_tracking(txn, dbs, position) {
+                report.problem(e.message().to_string());
+            }
+        }
+        let chunk = format::chunk_of(position);
+        if chunk != cached_chunk {
+            cache.clear();
+            cached_chunk = chunk;
+        }
+        let event = &decoded.event;
+        let mut tags: Vec<&String> = event.tags.iter().collect();
+        tags.sort();
+        tags.dedup();
+        let keys = std::iter::once((Kind::EventType, &event.event_type))
+            .chain(tags.into_iter().map(|t| (Kind::Tag, t)));
+        for (kind, name) in keys {
+            memberships += 1;
+            let Some(id) = intern::lookup(txn, dbs, kind, name)? else {
+                report.problem(format!(
+                    "event at position {position}: {kind:?} {:?} has no intern entry",
+                    short(name)
+                ));
+                continue;
+            };
+            let bitmap = match cache.get(&(kind, id)) {
+                Some(b) => b,
+                None => {
+                    let loaded = match load_chunk(txn, dbs, kind, id, chunk) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            report.problem(e.message().to_string());
+                            None
+                        }
+                    };
+                    cache.entry((kind, id)).or_insert(loaded)
+                }
+            };
+            if !bitmap
+                .as_ref()
+                .is_some_and(|b| b.contains(format::offset_in_chunk(position)))
+            {
+                report.problem(format!(
+                    "event at position {position} is missing from the index of {kind:?} {:?}",
+                    short(name)
+                ));
+            }
+        }
+    }
+    let mut indexed: u64 = 0;
+    for entry in dbs.index.iter(txn).map_err(storage_error)? {
+        let (key, value) = entry.map_err(storage_error)?;
+        if key.len() != 9 {
+            report.problem(format!("index key of {} bytes, expected 9", key.len()));
+            continue;
+        }
+        match RoaringBitmap::deserialize_from(value) {
+            Ok(bitmap) => {
+                indexed += bitmap.len();
+                let chunk = u32::from_be_bytes([key[5], key[6], key[7], key[8]]);
+                if let Some(max) = bitmap.max() {
+                    let last = format::chunk_base(chunk) + max as u64;
+                    if last > report.head {
+                        report.problem(format!(
+                            "an index entry names position {last}, beyond the last event {}",
+                            report.head
+                        ));
+                    }
+                }
+            }
+            Err(e) => report.problem(format!("an index chunk cannot be decoded: {e}")),
+        }
+    }
+    if indexed != memberships {
+        report.problem(format!(
+            "the indexes hold {indexed} positions but the events name {memberships} (type, tag) memberships"
+        ));
+    }
+    Ok(report)
+}
+
+fn short(s: &str) -> &str {
+    match s.char_indices().nth(80) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
