@@ -69,7 +69,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ]
     if (args.tls_cert is None) != (args.tls_key is None):
         sys.exit("umadb: --tls-cert and --tls-key must be given together")
-    # SIGTERM stops the server like Ctrl-C does: gracefully.
+    # Ctrl-C and SIGTERM stop the server gracefully, even when started with SIGINT ignored
+    # (as background jobs of a script are).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _stop)
     try:
         _umadb.run_server(

@@ -6,6 +6,33 @@ from collections.abc import Awaitable, Generator, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, final
 
+__all__ = [
+    "UmaDBError",
+    "IntegrityError",
+    "InvalidArgumentError",
+    "TransportError",
+    "AuthenticationError",
+    "CorruptionError",
+    "ServerIOError",
+    "InternalError",
+    "CancelledByUserError",
+    "Event",
+    "SequencedEvent",
+    "Query",
+    "QueryItem",
+    "AppendCondition",
+    "TrackingInfo",
+    "Client",
+    "ReadResponse",
+    "Subscription",
+    "Done",
+    "AsyncClient",
+    "AsyncReadResponse",
+    "AsyncSubscription",
+    "run_server",
+    "__version__",
+]
+
 __version__: str
 
 # Exceptions. Every one derives from UmaDBError and from the builtin named beside it.
@@ -61,7 +88,7 @@ class Event:
     def uuid(self) -> _uuid.UUID | None: ...
     @property
     def metadata(self) -> dict[str, str]: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
 
 @final
 class TrackingInfo:
@@ -72,7 +99,7 @@ class TrackingInfo:
     def source(self) -> str: ...
     @property
     def position(self) -> int: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
 
 @final
 class SequencedEvent:
@@ -87,7 +114,7 @@ class SequencedEvent:
     def event(self) -> Event: ...
     @property
     def tracking_info(self) -> TrackingInfo | None: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
 
 @final
 class QueryItem:
@@ -100,7 +127,7 @@ class QueryItem:
     def types(self) -> list[str]: ...
     @property
     def tags(self) -> list[str]: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
 
 @final
 class Query:
@@ -109,7 +136,7 @@ class Query:
     def __new__(cls, items: Sequence[QueryItem] | None = None) -> Query: ...
     @property
     def items(self) -> list[QueryItem]: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
 
 @final
 class AppendCondition:
@@ -122,7 +149,7 @@ class AppendCondition:
     def fail_if_events_match(self) -> Query: ...
     @property
     def after(self) -> int | None: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
 
 # The blocking client.
 
