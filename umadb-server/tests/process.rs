@@ -47,13 +47,15 @@ impl Umadb {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                {
+                    let mut log = thread_log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
                 if let Some(rest) = line.split("listening on ").nth(1) {
                     let addr = rest.split_whitespace().next().unwrap_or_default();
                     let _ = tx.send(addr.parse::<SocketAddr>());
                 }
-                let mut log = thread_log.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
             }
         });
         let addr = match rx.recv_timeout(WAIT) {
@@ -167,6 +169,10 @@ async fn assert_acknowledged_appends_survived(
 ) {
     let (events, head) = read_all(client, v1::ReadRequest::default()).await.unwrap();
     let head = head.unwrap_or(0);
+    eprintln!(
+        "{} appends acknowledged before the stop; {head} events recorded after restart",
+        acknowledged.len()
+    );
     assert_eq!(
         positions(&events),
         (1..=head).collect::<Vec<_>>(),
