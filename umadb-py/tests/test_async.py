@@ -128,6 +128,13 @@ def test_subscription_catches_up_then_sees_new_events(url: str) -> None:
             assert await waiter == [4, 5]
             legacy = await client.read(start=5, subscribe=True)
             assert await positions(legacy, 1) == [5]
+            await client.append([Event("Other", b""), Event("T", b"")])
+            filtered = await client.subscribe(Query([QueryItem(types=["Other"])]), after=2)
+            assert [e.position for e in await filtered.next_batch()] == [6]
+            waiter = asyncio.ensure_future(filtered.next_batch())
+            await client.append([Event("Other", b"")])
+            assert [e.position for e in await waiter] == [8]
+            filtered.cancel()
             subscription.cancel()
             with pytest.raises(CancelledByUserError):
                 await subscription.__anext__()
