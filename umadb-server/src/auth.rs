@@ -13,9 +13,14 @@ pub(crate) struct ApiKeys {
 }
 
 impl ApiKeys {
+    /// Empty keys are ignored.
     pub fn new(keys: &[String]) -> Self {
         ApiKeys {
-            keys: keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+            keys: keys
+                .iter()
+                .filter(|k| !k.is_empty())
+                .map(|k| k.as_bytes().to_vec())
+                .collect(),
         }
     }
 
@@ -29,14 +34,15 @@ impl ApiKeys {
                     .into(),
             ));
         };
-        let presented = header
-            .strip_prefix(b"Bearer ")
-            .ok_or_else(|| {
-                Error::Authentication(
+        // The scheme name is case-insensitive (RFC 6750).
+        let presented = match header.split_at_checked(7) {
+            Some((scheme, key)) if scheme.eq_ignore_ascii_case(b"bearer ") => key.trim_ascii(),
+            _ => {
+                return Err(Error::Authentication(
                     "the authorization metadata must have the form `Bearer <key>`".into(),
-                )
-            })?
-            .trim_ascii();
+                ))
+            }
+        };
         // Compare with every key, without stopping early, so timing reveals nothing.
         let mut matched = subtle::Choice::from(0);
         for key in self.keys.iter() {
@@ -84,6 +90,7 @@ mod tests {
         let k = keys(&["old", "new"]);
         assert!(k.check(Some(b"Bearer old")).is_ok());
         assert!(k.check(Some(b"Bearer new")).is_ok());
+        assert!(k.check(Some(b"bearer new")).is_ok());
     }
 
     #[test]

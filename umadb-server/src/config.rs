@@ -28,7 +28,8 @@ pub struct ServerConfig {
     pub db_path: PathBuf,
     /// Serve TLS instead of plain text.
     pub tls: Option<TlsConfig>,
-    /// Accepted API keys. Empty: no key is required. Several keys allow rotation.
+    /// Accepted API keys (empty strings are ignored). None: no key is required. Several keys
+    /// allow rotation.
     pub api_keys: Vec<String>,
     pub limits: Limits,
 }

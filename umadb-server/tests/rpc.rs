@@ -210,6 +210,16 @@ async fn tracking_positions_must_increase_and_are_reported_per_source() {
             .position,
         None
     );
+    let long_source = "s".repeat(100_000);
+    assert_eq!(
+        client
+            .get_tracking_info(get(&long_source))
+            .await
+            .unwrap()
+            .into_inner()
+            .position,
+        None
+    );
     // The failed appends wrote nothing.
     assert_eq!(
         client
