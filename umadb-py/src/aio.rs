@@ -7,7 +7,6 @@ use std::sync::Arc;
 use pyo3::exceptions::PyStopAsyncIteration;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString, PyTuple};
-use pyo3_async_runtimes::tokio::future_into_py;
 use umadb_core::SequencedEvent;
 
 use crate::args::Position;
@@ -18,6 +17,17 @@ use crate::feed::Feed;
 use crate::types::{
     event_list, PyAppendCondition, PyEvent, PyQuery, PySequencedEvent, PyTrackingInfo,
 };
+
+/// Runs `future` on the runtime as an asyncio awaitable (refusing in a forked child, where the
+/// runtime's threads do not exist).
+fn future_into_py<F, T>(py: Python<'_>, future: F) -> PyResult<Bound<'_, PyAny>>
+where
+    F: std::future::Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'py> IntoPyObject<'py> + Send + 'static,
+{
+    crate::wait::runtime().map_err(to_py_err)?;
+    pyo3_async_runtimes::tokio::future_into_py(py, future)
+}
 
 /// A recorded event, made into a Python object when its future completes.
 struct Recorded(SequencedEvent);

@@ -7,7 +7,7 @@
 //! the exception propagates.
 
 use std::future::Future;
-use std::sync::mpsc;
+use std::sync::{mpsc, OnceLock};
 use std::time::Duration;
 
 use pyo3::prelude::*;
@@ -19,9 +19,21 @@ use crate::errors::to_py_err;
 /// How often a waiting thread checks for signals: Ctrl-C is noticed within this time.
 const TICK: Duration = Duration::from_millis(50);
 
-/// The process's tokio runtime.
-pub(crate) fn runtime() -> &'static Runtime {
-    pyo3_async_runtimes::tokio::get_runtime()
+/// The process that started the runtime.
+static RUNTIME_PID: OnceLock<u32> = OnceLock::new();
+
+/// The process's tokio runtime, or an error in a child forked after it started: its threads do
+/// not exist in the child, so any call would wait forever.
+pub(crate) fn runtime() -> Result<&'static Runtime, Error> {
+    let pid = *RUNTIME_PID.get_or_init(std::process::id);
+    if pid != std::process::id() {
+        return Err(Error::Internal(
+            "umadb was used before this process was forked, and its runtime does not survive \
+             a fork: use umadb only after forking (or start processes with 'spawn')"
+                .to_string(),
+        ));
+    }
+    Ok(pyo3_async_runtimes::tokio::get_runtime())
 }
 
 /// Runs `future` to completion with the GIL released; a signal handler's exception aborts it.
@@ -31,7 +43,7 @@ where
     F: Future<Output = T> + Send + 'static,
 {
     let (sender, mut receiver) = mpsc::sync_channel(1);
-    let task = runtime().spawn(async move {
+    let task = runtime().map_err(to_py_err)?.spawn(async move {
         // The receiver is gone only if the caller was interrupted.
         let _ = sender.send(future.await);
     });

@@ -180,3 +180,25 @@ def test_subscription_outlives_many_waits_and_is_cancelled_cleanly(url: str) -> 
     subscription.cancel()
     consumer.join(5)
     assert not consumer.is_alive()
+
+
+def test_a_forked_child_gets_an_error_instead_of_hanging(url: str) -> None:
+    # The runtime's threads do not survive fork(): the child must not wait forever.
+    import os
+
+    from umadb import InternalError
+
+    client = Client(url)
+    assert client.head() is None
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            client.head()
+            os._exit(1)
+        except InternalError as error:
+            os._exit(7 if "fork" in str(error) else 3)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 7
+    assert client.head() is None  # the parent is unaffected
