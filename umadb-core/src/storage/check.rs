@@ -4,10 +4,10 @@
 //!
 //! Index agreement is checked in two halves that together prove equality without holding the
 //! whole index in memory: every event is present in the bitmap of its type and of each of its
-//! tags (bitmaps are cached one chunk at a time), and the total number of positions in all
+//! tags (chunks are cached for a bounded span of events), and the total number of positions in all
 //! bitmaps equals the number of (event, type-or-tag) pairs.
 
-use super::eval::load_chunk;
+use super::eval::{decode_bitmap, load_chunk_holding};
 use super::format::{self, Kind};
 use super::{append_tracking, intern, storage_error, Dbs};
 use crate::error::Result;
@@ -18,6 +18,8 @@ use std::collections::HashMap;
 
 /// Problems listed in a report at most; the count covers them all.
 const MAX_LISTED: usize = 100;
+/// Index chunks are cached for this many events at a time, to bound the check's memory.
+const CACHE_SPAN: u64 = 65_536;
 
 /// What [`Store::check`](super::Store::check) found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -45,11 +47,13 @@ impl CheckReport {
     }
 }
 
+/// A loaded index chunk: base, last position, offsets.
+type CachedChunk = (Position, Position, RoaringBitmap);
+
 pub(crate) fn check(txn: &RoTxn, dbs: &Dbs, mut progress: impl FnMut(u64)) -> Result<CheckReport> {
     let mut report = CheckReport::default();
     let mut memberships: u64 = 0;
-    let mut cached_chunk = u32::MAX;
-    let mut cache: HashMap<(Kind, u32), Option<RoaringBitmap>> = HashMap::new();
+    let mut cache: HashMap<(Kind, u32), Option<CachedChunk>> = HashMap::new();
     let mut expected = 1;
     for entry in dbs.events.iter(txn).map_err(storage_error)? {
         let (key, value) = entry.map_err(storage_error)?;
@@ -83,10 +87,8 @@ pub(crate) fn check(txn: &RoTxn, dbs: &Dbs, mut progress: impl FnMut(u64)) -> Re
                 report.problem(e.message().to_string());
             }
         }
-        let chunk = format::chunk_of(position);
-        if chunk != cached_chunk {
+        if report.events % CACHE_SPAN == 0 {
             cache.clear();
-            cached_chunk = chunk;
         }
         let event = &decoded.event;
         let mut tags: Vec<&String> = event.tags.iter().collect();
@@ -103,23 +105,30 @@ pub(crate) fn check(txn: &RoTxn, dbs: &Dbs, mut progress: impl FnMut(u64)) -> Re
                 ));
                 continue;
             };
-            let bitmap = match cache.get(&(kind, id)) {
-                Some(b) => b,
-                None => {
-                    let loaded = match load_chunk(txn, dbs, kind, id, chunk) {
-                        Ok(b) => b,
-                        Err(e) => {
-                            report.problem(e.message().to_string());
-                            None
-                        }
-                    };
-                    cache.entry((kind, id)).or_insert(loaded)
+            let covered = matches!(cache.get(&(kind, id)), Some(Some((base, last, _))) if *base <= position && position <= *last);
+            if !covered {
+                match load_chunk_holding(txn, dbs, kind, id, position) {
+                    Ok(Some((base, bitmap))) => {
+                        let last = base + bitmap.max().unwrap_or(0) as u64;
+                        cache.insert((kind, id), Some((base, last, bitmap)));
+                    }
+                    Ok(None) => {
+                        cache.insert((kind, id), None);
+                    }
+                    Err(e) => {
+                        report.problem(e.message().to_string());
+                        cache.insert((kind, id), None);
+                    }
                 }
+            }
+            let present = match cache.get(&(kind, id)) {
+                Some(Some((base, _, bitmap))) => position
+                    .checked_sub(*base)
+                    .and_then(|offset| u32::try_from(offset).ok())
+                    .is_some_and(|offset| bitmap.contains(offset)),
+                _ => false,
             };
-            if !bitmap
-                .as_ref()
-                .is_some_and(|b| b.contains(format::offset_in_chunk(position)))
-            {
+            if !present {
                 report.problem(format!(
                     "event at position {position} is missing from the index of {kind:?} {:?}",
                     short(name)
@@ -130,16 +139,24 @@ pub(crate) fn check(txn: &RoTxn, dbs: &Dbs, mut progress: impl FnMut(u64)) -> Re
     let mut indexed: u64 = 0;
     for entry in dbs.index.iter(txn).map_err(storage_error)? {
         let (key, value) = entry.map_err(storage_error)?;
-        if key.len() != 9 {
-            report.problem(format!("index key of {} bytes, expected 9", key.len()));
+        if key.len() != 13 {
+            report.problem(format!("index key of {} bytes, expected 13", key.len()));
             continue;
         }
-        match RoaringBitmap::deserialize_from(value) {
+        let mut base = [0u8; 8];
+        base.copy_from_slice(&key[5..13]);
+        let base = Position::from_be_bytes(base);
+        let id = u32::from_be_bytes([key[1], key[2], key[3], key[4]]);
+        match decode_bitmap(Kind::Tag, id, base, value) {
             Ok(bitmap) => {
                 indexed += bitmap.len();
-                let chunk = u32::from_be_bytes([key[5], key[6], key[7], key[8]]);
+                if !bitmap.contains(0) {
+                    report.problem(format!(
+                        "the index chunk at {base} of key #{id} does not hold its own base"
+                    ));
+                }
                 if let Some(max) = bitmap.max() {
-                    let last = format::chunk_base(chunk) + max as u64;
+                    let last = base + max as u64;
                     if last > report.head {
                         report.problem(format!(
                             "an index entry names position {last}, beyond the last event {}",
@@ -148,7 +165,7 @@ pub(crate) fn check(txn: &RoTxn, dbs: &Dbs, mut progress: impl FnMut(u64)) -> Re
                     }
                 }
             }
-            Err(e) => report.problem(format!("an index chunk cannot be decoded: {e}")),
+            Err(e) => report.problem(e.message().to_string()),
         }
     }
     if indexed != memberships {

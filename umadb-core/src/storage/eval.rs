@@ -1,10 +1,11 @@
 //! The query evaluator, used by reads, subscriptions and append conditions alike.
 //!
-//! Each index key (type or tag) is split into chunks of 2^CHUNK_BITS positions. Evaluation walks
-//! chunk numbers in the read direction: an item's next chunk is found by leapfrogging over its
-//! tags' chunk lists (a chunk must hold every tag) and then its types' (any type will do). Only
-//! chunks that can hold a match are loaded, and the walk stops as soon as enough positions have
-//! been found.
+//! Each index key (type or tag) is a list of positions stored as roaring-bitmap chunks (see
+//! `format::index_key`). Evaluation is a leapfrog join over per-key cursors: an item's next
+//! match at or after a position is the first position every one of its tags holds and one of
+//! its types holds; the query's next match is the nearest of its items'. A cursor keeps the
+//! chunk it last loaded, so walking a key costs one chunk load per chunk it actually enters,
+//! and the walk stops as soon as the caller has enough positions.
 
 use super::format::{self, Kind};
 use super::{intern, storage_error, Dbs};
@@ -16,7 +17,7 @@ use std::cell::Cell;
 use std::ops::ControlFlow;
 
 thread_local! {
-    /// Index chunk loads (found or not) on this thread; see [`super::debug_counters`].
+    /// Index chunk loads on this thread; see [`super::debug_counters`].
     pub(crate) static CHUNKS_LOADED: Cell<u64> = const { Cell::new(0) };
 }
 
@@ -106,90 +107,86 @@ pub fn for_each_match(
             }
             Ok(())
         }
-        Plan::Items(items) => walk_chunks(txn, dbs, items, lo, hi, backwards, visit),
+        Plan::Items(items) => {
+            let mut walk = Walk {
+                txn,
+                dbs,
+                backwards,
+            };
+            let mut cursors: Vec<ItemCursors> = items.iter().map(ItemCursors::new).collect();
+            let start = if backwards { hi } else { lo };
+            let mut nexts = Vec::with_capacity(cursors.len());
+            for item in &mut cursors {
+                nexts.push(item.next(&mut walk, start)?);
+            }
+            loop {
+                let best = if backwards {
+                    nexts.iter().flatten().max()
+                } else {
+                    nexts.iter().flatten().min()
+                };
+                let Some(&position) = best else {
+                    return Ok(());
+                };
+                if position < lo || position > hi || visit(position)?.is_break() {
+                    return Ok(());
+                }
+                let following = if backwards {
+                    match position.checked_sub(1) {
+                        Some(p) if p >= lo => p,
+                        _ => return Ok(()),
+                    }
+                } else {
+                    position + 1
+                };
+                for (item, next) in cursors.iter_mut().zip(nexts.iter_mut()) {
+                    if *next == Some(position) {
+                        *next = item.next(&mut walk, following)?;
+                    }
+                }
+            }
+        }
     }
 }
 
-fn walk_chunks(
-    txn: &RoTxn,
-    dbs: &Dbs,
-    items: &[ItemPlan],
-    lo: Position,
-    hi: Position,
+/// What every cursor of one walk shares.
+struct Walk<'a, 'e> {
+    txn: &'a RoTxn<'e>,
+    dbs: &'a Dbs,
     backwards: bool,
-    mut visit: impl FnMut(Position) -> Result<ControlFlow<()>>,
-) -> Result<()> {
-    let (first_chunk, last_chunk) = (format::chunk_of(lo), format::chunk_of(hi));
-    let mut chunk = if backwards { last_chunk } else { first_chunk };
-    loop {
-        let mut next: Option<u32> = None;
-        for item in items {
-            if let Some(c) = item.next_chunk(txn, dbs, chunk, backwards)? {
-                next = Some(match next {
-                    None => c,
-                    Some(n) if backwards => n.max(c),
-                    Some(n) => n.min(c),
-                });
-            }
-        }
-        let Some(c) = next else { return Ok(()) };
-        if (!backwards && c > last_chunk) || (backwards && c < first_chunk) {
-            return Ok(());
-        }
-        let mut bitmap = RoaringBitmap::new();
-        for item in items {
-            bitmap |= item.bitmap_at(txn, dbs, c)?;
-        }
-        let base = format::chunk_base(c);
-        let from = lo.saturating_sub(base).min(u32::MAX as u64) as u32;
-        let to = (hi - base.min(hi)).min(u32::MAX as u64) as u32;
-        if hi >= base {
-            let mut visit_offset = |offset: u32| visit(base + offset as u64);
-            if backwards {
-                for offset in bitmap.range(from..=to).rev() {
-                    if visit_offset(offset)?.is_break() {
-                        return Ok(());
-                    }
-                }
-            } else {
-                for offset in bitmap.range(from..=to) {
-                    if visit_offset(offset)?.is_break() {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-        chunk = if backwards {
-            match c.checked_sub(1) {
-                Some(p) => p,
-                None => return Ok(()),
-            }
-        } else {
-            match c.checked_add(1) {
-                Some(n) => n,
-                None => return Ok(()),
-            }
-        };
-    }
 }
 
-impl ItemPlan {
-    /// The first chunk at or after (before, when `backwards`) `from` that holds every tag of
-    /// this item and at least one of its types.
-    fn next_chunk(
-        &self,
-        txn: &RoTxn,
-        dbs: &Dbs,
-        from: u32,
-        backwards: bool,
-    ) -> Result<Option<u32>> {
+struct ItemCursors {
+    tags: Vec<KeyCursor>,
+    types: Vec<KeyCursor>,
+}
+
+impl ItemCursors {
+    fn new(plan: &ItemPlan) -> Self {
+        ItemCursors {
+            tags: plan
+                .tags
+                .iter()
+                .map(|&id| KeyCursor::new(Kind::Tag, id))
+                .collect(),
+            types: plan
+                .types
+                .iter()
+                .map(|&id| KeyCursor::new(Kind::EventType, id))
+                .collect(),
+        }
+    }
+
+    /// The first position at or after `from` (at or before, backwards) held by every tag of
+    /// the item and by one of its types.
+    fn next(&mut self, walk: &mut Walk<'_, '_>, from: Position) -> Result<Option<Position>> {
         let mut candidate = from;
         'search: loop {
-            for &tag in &self.tags {
-                match seek_chunk(txn, dbs, Kind::Tag, tag, candidate, backwards)? {
+            for tag in &mut self.tags {
+                match tag.seek(walk, candidate)? {
                     None => return Ok(None),
-                    Some(c) if c != candidate => {
-                        candidate = c;
+                    Some(p) if p != candidate => {
+                        candidate = p;
                         continue 'search;
                     }
                     Some(_) => {}
@@ -198,90 +195,169 @@ impl ItemPlan {
             if self.types.is_empty() {
                 return Ok(Some(candidate));
             }
-            let mut best: Option<u32> = None;
-            for &event_type in &self.types {
-                if let Some(c) =
-                    seek_chunk(txn, dbs, Kind::EventType, event_type, candidate, backwards)?
-                {
+            let mut best: Option<Position> = None;
+            for event_type in &mut self.types {
+                if let Some(p) = event_type.seek(walk, candidate)? {
                     best = Some(match best {
-                        None => c,
-                        Some(b) if backwards => b.max(c),
-                        Some(b) => b.min(c),
+                        None => p,
+                        Some(b) if walk.backwards => b.max(p),
+                        Some(b) => b.min(p),
                     });
                 }
             }
             match best {
                 None => return Ok(None),
-                Some(c) if c == candidate => return Ok(Some(candidate)),
-                Some(c) => candidate = c,
+                Some(p) if p == candidate => return Ok(Some(candidate)),
+                Some(p) => candidate = p,
             }
         }
     }
+}
 
-    /// Offsets in `chunk` of the events this item matches.
-    fn bitmap_at(&self, txn: &RoTxn, dbs: &Dbs, chunk: u32) -> Result<RoaringBitmap> {
-        let mut result: Option<RoaringBitmap> = None;
-        for &tag in &self.tags {
-            let Some(bitmap) = load_chunk(txn, dbs, Kind::Tag, tag, chunk)? else {
-                return Ok(RoaringBitmap::new());
-            };
-            result = Some(match result {
-                None => bitmap,
-                Some(r) => r & bitmap,
-            });
+/// A loaded chunk: its base, its last position, and its offsets.
+struct Chunk {
+    base: Position,
+    last: Position,
+    bitmap: RoaringBitmap,
+}
+
+/// Walks the positions of one index key, keeping the chunk it last loaded.
+struct KeyCursor {
+    kind: Kind,
+    id: u32,
+    chunk: Option<Chunk>,
+}
+
+impl KeyCursor {
+    fn new(kind: Kind, id: u32) -> Self {
+        KeyCursor {
+            kind,
+            id,
+            chunk: None,
         }
-        if !self.types.is_empty() {
-            let mut any_type = RoaringBitmap::new();
-            for &event_type in &self.types {
-                if let Some(bitmap) = load_chunk(txn, dbs, Kind::EventType, event_type, chunk)? {
-                    any_type |= bitmap;
+    }
+
+    /// The key's first position at or after `p` (at or before, backwards).
+    fn seek(&mut self, walk: &mut Walk<'_, '_>, p: Position) -> Result<Option<Position>> {
+        if let Some(chunk) = &self.chunk {
+            if chunk.base <= p && p <= chunk.last {
+                return Ok(chunk.find(p, walk.backwards));
+            }
+        }
+        // The chunk that would hold `p`: the last one starting at or before it.
+        let key = format::index_key(self.kind, self.id, p);
+        let found = walk
+            .dbs
+            .index
+            .get_lower_than_or_equal_to(walk.txn, &key)
+            .map_err(storage_error)?;
+        if let Some((k, v)) = found {
+            if let Some(base) = format::index_key_base(k, self.kind, self.id) {
+                let chunk = match self.chunk.take() {
+                    Some(cached) if cached.base == base => cached,
+                    _ => Chunk::decode(self.kind, self.id, base, v)?,
+                };
+                let hit = chunk.find(p, walk.backwards);
+                self.chunk = Some(chunk);
+                if hit.is_some() || walk.backwards {
+                    return Ok(hit);
                 }
+            } else if walk.backwards {
+                return Ok(None);
             }
-            result = Some(match result {
-                None => any_type,
-                Some(r) => r & any_type,
-            });
+        } else if walk.backwards {
+            return Ok(None);
         }
-        Ok(result.unwrap_or_default())
+        // Forward past the end of that chunk: the next chunk's base is its first position.
+        let next = walk
+            .dbs
+            .index
+            .get_greater_than(walk.txn, &key)
+            .map_err(storage_error)?;
+        Ok(next.and_then(|(k, _)| format::index_key_base(k, self.kind, self.id)))
     }
 }
 
-/// The nearest chunk number of key (`kind`, `id`) at or after `from` (at or before, backwards).
-fn seek_chunk(
+impl Chunk {
+    fn decode(kind: Kind, id: u32, base: Position, bytes: &[u8]) -> Result<Chunk> {
+        CHUNKS_LOADED.with(|n| n.set(n.get() + 1));
+        let bitmap = decode_bitmap(kind, id, base, bytes)?;
+        let last = base + bitmap.max().unwrap_or(0) as u64;
+        Ok(Chunk { base, last, bitmap })
+    }
+
+    /// Nearest position to `p` in the chunk, at or after it (at or before, backwards).
+    fn find(&self, p: Position, backwards: bool) -> Option<Position> {
+        if p < self.base {
+            return if backwards {
+                None
+            } else {
+                self.bitmap.min().map(|o| self.base + o as u64)
+            };
+        }
+        let Ok(offset) = u32::try_from(p - self.base) else {
+            return if backwards {
+                self.bitmap.max().map(|o| self.base + o as u64)
+            } else {
+                None
+            };
+        };
+        let found = if backwards {
+            self.bitmap.range(..=offset).next_back()
+        } else {
+            self.bitmap.range(offset..).next()
+        };
+        found.map(|o| self.base + o as u64)
+    }
+}
+
+pub fn decode_bitmap(kind: Kind, id: u32, base: Position, bytes: &[u8]) -> Result<RoaringBitmap> {
+    RoaringBitmap::deserialize_from(bytes).map_err(|e| {
+        Error::Corruption(format!(
+            "index chunk at {base} of {kind:?} #{id} cannot be decoded: {e}"
+        ))
+    })
+}
+
+/// The newest chunk of a key: (base, offsets), if the key has any.
+pub fn load_latest_chunk(
     txn: &RoTxn,
     dbs: &Dbs,
     kind: Kind,
     id: u32,
-    from: u32,
-    backwards: bool,
-) -> Result<Option<u32>> {
-    let key = format::index_key(kind, id, from);
-    let found = if backwards {
-        dbs.index.get_lower_than_or_equal_to(txn, &key)
-    } else {
-        dbs.index.get_greater_than_or_equal_to(txn, &key)
+) -> Result<Option<(Position, RoaringBitmap)>> {
+    let key = format::index_key(kind, id, Position::MAX);
+    let found = dbs
+        .index
+        .get_lower_than_or_equal_to(txn, &key)
+        .map_err(storage_error)?;
+    match found {
+        Some((k, v)) => match format::index_key_base(k, kind, id) {
+            Some(base) => Ok(Some((base, decode_bitmap(kind, id, base, v)?))),
+            None => Ok(None),
+        },
+        None => Ok(None),
     }
-    .map_err(storage_error)?;
-    Ok(found.and_then(|(k, _)| format::index_key_chunk(k, kind, id)))
 }
 
-pub fn load_chunk(
+/// The chunk of a key that would hold `position`: (base, offsets).
+pub fn load_chunk_holding(
     txn: &RoTxn,
     dbs: &Dbs,
     kind: Kind,
     id: u32,
-    chunk: u32,
-) -> Result<Option<RoaringBitmap>> {
-    CHUNKS_LOADED.with(|n| n.set(n.get() + 1));
-    let key = format::index_key(kind, id, chunk);
-    match dbs.index.get(txn, &key).map_err(storage_error)? {
-        Some(bytes) => RoaringBitmap::deserialize_from(bytes)
-            .map(Some)
-            .map_err(|e| {
-                Error::Corruption(format!(
-                    "index chunk {chunk} of {kind:?} #{id} cannot be decoded: {e}"
-                ))
-            }),
+    position: Position,
+) -> Result<Option<(Position, RoaringBitmap)>> {
+    let key = format::index_key(kind, id, position);
+    let found = dbs
+        .index
+        .get_lower_than_or_equal_to(txn, &key)
+        .map_err(storage_error)?;
+    match found {
+        Some((k, v)) => match format::index_key_base(k, kind, id) {
+            Some(base) => Ok(Some((base, decode_bitmap(kind, id, base, v)?))),
+            None => Ok(None),
+        },
         None => Ok(None),
     }
 }

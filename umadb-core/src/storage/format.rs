@@ -10,11 +10,14 @@ pub const FORMAT_MAGIC: &[u8; 8] = b"umadb-v1";
 pub const META_FORMAT: &[u8] = b"format";
 pub const META_NEXT_ID: &[u8] = b"next_intern_id";
 
-/// Positions per index chunk, as a power of two. A chunk's bitmap holds offsets within it, so an
-/// append rewrites at most one chunk per key, whatever the length of the key's history.
-pub const CHUNK_BITS: u32 = 16;
-/// Highest position the index layout can address (chunk numbers are 32 bits).
-pub const MAX_POSITION: Position = (1u64 << (32 + CHUNK_BITS)) - 1;
+/// Highest position a store may reach (far beyond any real log; keeps arithmetic clear of
+/// overflow).
+pub const MAX_POSITION: Position = 1 << 62;
+
+/// Largest serialized size of an index chunk before a new chunk is started. Small enough for
+/// LMDB to keep the value inline in its leaf page (no overflow pages), so an append rewrites
+/// at most about this many bytes per type or tag, whatever the length of the key's history.
+pub const MAX_CHUNK_BYTES: usize = 1900;
 
 /// Which namespace an interned string belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,31 +46,22 @@ pub fn decode_position_key(bytes: &[u8]) -> Result<Position> {
     Ok(Position::from_be_bytes(arr))
 }
 
-pub fn chunk_of(position: Position) -> u32 {
-    (position >> CHUNK_BITS) as u32
-}
-
-pub fn chunk_base(chunk: u32) -> Position {
-    (chunk as u64) << CHUNK_BITS
-}
-
-pub fn offset_in_chunk(position: Position) -> u32 {
-    (position & ((1u64 << CHUNK_BITS) - 1)) as u32
-}
-
-/// Index key: kind, interned id, chunk number, all big-endian so keys sort by chunk.
-pub fn index_key(kind: Kind, id: u32, chunk: u32) -> [u8; 9] {
-    let mut key = [0u8; 9];
+/// Index key: kind, interned id, and the chunk's base (its first position), big-endian so a
+/// key's chunks sort by position. A chunk holds offsets from its base; offset 0 is always set.
+pub fn index_key(kind: Kind, id: u32, base: Position) -> [u8; 13] {
+    let mut key = [0u8; 13];
     key[0] = kind as u8;
     key[1..5].copy_from_slice(&id.to_be_bytes());
-    key[5..9].copy_from_slice(&chunk.to_be_bytes());
+    key[5..13].copy_from_slice(&base.to_be_bytes());
     key
 }
 
-/// The chunk number of an index key, if the key belongs to (`kind`, `id`).
-pub fn index_key_chunk(key: &[u8], kind: Kind, id: u32) -> Option<u32> {
-    if key.len() == 9 && key[0] == kind as u8 && key[1..5] == id.to_be_bytes() {
-        Some(u32::from_be_bytes([key[5], key[6], key[7], key[8]]))
+/// The base of an index key, if the key belongs to (`kind`, `id`).
+pub fn index_key_base(key: &[u8], kind: Kind, id: u32) -> Option<Position> {
+    if key.len() == 13 && key[0] == kind as u8 && key[1..5] == id.to_be_bytes() {
+        let mut base = [0u8; 8];
+        base.copy_from_slice(&key[5..13]);
+        Some(Position::from_be_bytes(base))
     } else {
         None
     }

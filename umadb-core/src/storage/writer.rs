@@ -5,13 +5,14 @@
 //! commits once — one fsync for the whole group — and only then answers every caller and
 //! publishes the new head.
 
-use super::format::{self, Kind, MAX_POSITION};
+use super::format::{self, Kind, MAX_CHUNK_BYTES, MAX_POSITION};
 use super::read::{matching_positions, stored_uuid};
 use super::{eval, intern, storage_error, tracking_position, Dbs, Job, Shared};
 use crate::error::{Error, Result};
 use crate::types::{AppendCondition, AppendRequest, Event, Position};
 use heed::{PutFlags, RwTxn};
 use roaring::RoaringBitmap;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -95,7 +96,7 @@ struct Group<'a> {
     /// Events written by earlier requests of this group, not yet in the indexes.
     pending: Vec<(Position, &'a Event)>,
     /// Index chunks touched by this group, written once before commit.
-    dirty: HashMap<[u8; 9], RoaringBitmap>,
+    dirty: HashMap<(Kind, u32), DirtyKey>,
     buf: Vec<u8>,
 }
 
@@ -243,31 +244,81 @@ impl<'a> Group<'a> {
     }
 
     fn index(&mut self, txn: &RwTxn, kind: Kind, id: u32, position: Position) -> Result<()> {
-        let chunk = format::chunk_of(position);
-        let key = format::index_key(kind, id, chunk);
-        let bitmap = match self.dirty.entry(key) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let existing = eval::load_chunk(txn, self.dbs, kind, id, chunk)?;
-                e.insert(existing.unwrap_or_default())
+        let chunks = match self.dirty.entry((kind, id)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let latest = eval::load_latest_chunk(txn, self.dbs, kind, id)?;
+                e.insert(DirtyKey {
+                    full: Vec::new(),
+                    open: latest.map(|(base, bitmap)| DirtyChunk { base, bitmap }),
+                })
             }
         };
-        bitmap.insert(format::offset_in_chunk(position));
+        chunks.add(position);
         Ok(())
     }
 
     fn flush_indexes(&mut self, txn: &mut RwTxn) -> Result<()> {
-        for (key, bitmap) in self.dirty.iter_mut() {
-            bitmap.optimize();
-            self.buf.clear();
-            bitmap
-                .serialize_into(&mut self.buf)
-                .map_err(|e| Error::Internal(format!("cannot encode an index chunk: {e}")))?;
-            self.dbs
-                .index
-                .put(txn, key, &self.buf)
-                .map_err(storage_error)?;
+        for ((kind, id), key) in self.dirty.iter_mut() {
+            for chunk in key.full.iter_mut().chain(key.open.as_mut()) {
+                chunk.bitmap.optimize();
+                self.buf.clear();
+                chunk
+                    .bitmap
+                    .serialize_into(&mut self.buf)
+                    .map_err(|e| Error::Internal(format!("cannot encode an index chunk: {e}")))?;
+                self.dbs
+                    .index
+                    .put(txn, &format::index_key(*kind, *id, chunk.base), &self.buf)
+                    .map_err(storage_error)?;
+            }
         }
         Ok(())
+    }
+}
+
+/// The chunks of one index key touched by the group: the newest (open) one, and any that
+/// filled up during the group.
+struct DirtyKey {
+    full: Vec<DirtyChunk>,
+    open: Option<DirtyChunk>,
+}
+
+struct DirtyChunk {
+    base: Position,
+    bitmap: RoaringBitmap,
+}
+
+impl DirtyKey {
+    fn add(&mut self, position: Position) {
+        if let Some(open) = &mut self.open {
+            if let Ok(offset) = u32::try_from(position - open.base) {
+                if !open.is_full() {
+                    open.bitmap.insert(offset);
+                    return;
+                }
+            }
+        }
+        // A new chunk starts at this position, so offset 0 is always its first position.
+        let mut bitmap = RoaringBitmap::new();
+        bitmap.insert(0);
+        let fresh = DirtyChunk {
+            base: position,
+            bitmap,
+        };
+        if let Some(full) = self.open.replace(fresh) {
+            self.full.push(full);
+        }
+    }
+}
+
+impl DirtyChunk {
+    /// Full when its stored form would exceed MAX_CHUNK_BYTES even after compression.
+    fn is_full(&mut self) -> bool {
+        if self.bitmap.serialized_size() < MAX_CHUNK_BYTES {
+            return false;
+        }
+        self.bitmap.optimize();
+        self.bitmap.serialized_size() >= MAX_CHUNK_BYTES
     }
 }
