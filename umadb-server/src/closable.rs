@@ -7,24 +7,27 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tonic::transport::server::Connected;
 
 pub(crate) struct Closable<IO> {
     io: IO,
     close: Pin<Box<dyn Future<Output = ()> + Send>>,
     closed: bool,
+    /// The connection's place under the connection limit, given back when it is dropped.
+    _permit: OwnedSemaphorePermit,
 }
 
 impl<IO> Closable<IO> {
     /// Wraps `io`; it fails once `close` holds `true`.
-    pub fn new(io: IO, mut close: watch::Receiver<bool>) -> Self {
+    pub fn new(io: IO, mut close: watch::Receiver<bool>, permit: OwnedSemaphorePermit) -> Self {
         Closable {
             io,
             close: Box::pin(async move {
                 let _ = close.wait_for(|closed| *closed).await;
             }),
             closed: false,
+            _permit: permit,
         }
     }
 

@@ -79,6 +79,13 @@ pub struct Limits {
     pub max_response_bytes: usize,
     /// How long shutdown waits for open calls to finish before dropping connections.
     pub shutdown_grace: Duration,
+    /// Most client connections open at once; a connection beyond it is closed when accepted.
+    pub max_connections: usize,
+    /// Most concurrent calls (HTTP/2 streams) on one connection.
+    pub max_streams_per_connection: u32,
+    /// How long a unary call (Append, Head, GetTrackingInfo) may take; None: no limit. Streams
+    /// are never cut by it.
+    pub request_timeout: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -90,6 +97,9 @@ impl Default for Limits {
             max_batch_size: 10_000,
             max_response_bytes: 2 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            max_connections: 10_000,
+            max_streams_per_connection: 10_000,
+            request_timeout: Some(Duration::from_secs(60)),
         }
     }
 }

@@ -26,7 +26,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tonic::service::interceptor::InterceptedService;
@@ -177,7 +177,22 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         source,
     })?;
     let (close_connections, close_rx) = watch::channel(false);
-    let incoming = incoming.map(move |tcp| tcp.map(|tcp| Closable::new(tcp, close_rx.clone())));
+    let connections = Arc::new(Semaphore::new(config.limits.max_connections.max(1)));
+    let max_connections = config.limits.max_connections;
+    let incoming = incoming.filter_map(move |tcp| match tcp {
+        Ok(tcp) => match connections.clone().try_acquire_owned() {
+            Ok(permit) => Some(Ok(Closable::new(tcp, close_rx.clone(), permit))),
+            Err(_) => {
+                // Dropping the socket closes it: the client sees the connection refused.
+                tracing::warn!(
+                    peer = ?tcp.peer_addr().ok(),
+                    "connection limit ({max_connections}) reached; closing a new connection"
+                );
+                None
+            }
+        },
+        Err(e) => Some(Err(e)),
+    });
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in ["", SERVICE_NAME] {
@@ -202,7 +217,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let mut builder = Server::builder()
         // Detect dead peers; clients' own keepalive pings are always answered.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .max_concurrent_streams(Some(limits.max_streams_per_connection));
+    if let Some(timeout) = limits.request_timeout {
+        // Bounds the time to the response headers: unary calls; streams send theirs at once.
+        builder = builder.timeout(timeout);
+    }
     if let Some(tls) = tls {
         builder = builder
             .tls_config(tls)

@@ -1,18 +1,43 @@
-//! The `umadb` binary: parse options, start the server, stop it on SIGINT or SIGTERM.
+//! The `umadb` binary: serve (the default), `check` a store, or `backup` one.
 
-use clap::Parser;
+mod admin;
+
+use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use umadb_server::{ServerConfig, TlsConfig};
+use std::time::Duration;
+use umadb_server::{Limits, ServerConfig, TlsConfig};
 
 /// UmaDB: an event store for Dynamic Consistency Boundaries, served over gRPC (umadb.v1).
 ///
-/// Log verbosity comes from RUST_LOG (default "info"), e.g. RUST_LOG=debug.
+/// Without a subcommand it serves. Log verbosity comes from RUST_LOG (default "info"),
+/// e.g. RUST_LOG=debug.
 #[derive(Parser, Debug)]
-#[command(name = "umadb", version, about)]
+#[command(name = "umadb", version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the store over gRPC (what a bare `umadb` does)
+    Serve(ServeArgs),
+    /// Verify a whole store: every record's checksum, gapless positions, indexes agreeing with
+    /// the events. Safe while a server runs. Exits 0 when clean, 2 when damaged, 1 on other errors
+    Check(CheckArgs),
+    /// Write a consistent, compacted copy of a store into a new directory. Safe while a server
+    /// runs and appends
+    Backup(BackupArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
     /// Address and port to listen on (port 0 picks a free port)
     #[arg(long, env = "UMADB_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
@@ -38,9 +63,48 @@ struct Cli {
         hide_env_values = true
     )]
     api_keys: Vec<String>,
+
+    /// Most client connections open at once; further connections are closed at once
+    #[arg(long, env = "UMADB_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+
+    /// Most concurrent calls (streams) on one connection
+    #[arg(long, env = "UMADB_MAX_STREAMS_PER_CONNECTION", default_value_t = Limits::default().max_streams_per_connection)]
+    max_streams_per_connection: u32,
+
+    /// Seconds a unary call (Append, Head, GetTrackingInfo) may take before it is answered
+    /// with an error; 0 disables the timeout. Streams are not cut
+    #[arg(long, env = "UMADB_REQUEST_TIMEOUT", default_value_t = Limits::default().request_timeout.map_or(0, |d| d.as_secs()))]
+    request_timeout: u64,
+
+    /// Largest request message accepted, in bytes
+    #[arg(long, env = "UMADB_MAX_MESSAGE_BYTES", default_value_t = Limits::default().max_message_bytes)]
+    max_message_bytes: usize,
+
+    /// Most events one append may carry
+    #[arg(long, env = "UMADB_MAX_EVENTS_PER_APPEND", default_value_t = Limits::default().max_events_per_append)]
+    max_events_per_append: usize,
 }
 
-impl Cli {
+#[derive(Args, Debug)]
+struct CheckArgs {
+    /// Directory of the store to check
+    #[arg(long, env = "UMADB_DB_PATH")]
+    db_path: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct BackupArgs {
+    /// Directory of the store to copy
+    #[arg(long, env = "UMADB_DB_PATH")]
+    db_path: PathBuf,
+
+    /// New directory to write the copy into (must not hold a store)
+    #[arg(long)]
+    to: PathBuf,
+}
+
+impl ServeArgs {
     fn into_config(self) -> Result<ServerConfig, String> {
         let mut config = ServerConfig::new(self.listen, self.db_path);
         config.tls = match (self.tls_cert, self.tls_key) {
@@ -57,6 +121,18 @@ impl Cli {
             .map(|k| k.trim().to_string())
             .filter(|k| !k.is_empty())
             .collect();
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        if self.max_streams_per_connection == 0 {
+            return Err("--max-streams-per-connection must be at least 1".into());
+        }
+        config.limits.max_connections = self.max_connections;
+        config.limits.max_streams_per_connection = self.max_streams_per_connection;
+        config.limits.request_timeout =
+            (self.request_timeout > 0).then(|| Duration::from_secs(self.request_timeout));
+        config.limits.max_message_bytes = self.max_message_bytes;
+        config.limits.max_events_per_append = self.max_events_per_append;
         Ok(config)
     }
 }
@@ -71,7 +147,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let config = match cli.into_config() {
+    let serve = match cli.command {
+        None => cli.serve,
+        Some(Command::Serve(serve)) => serve,
+        Some(Command::Check(args)) => return admin::check(&args.db_path),
+        Some(Command::Backup(args)) => return admin::backup(&args.db_path, &args.to),
+    };
+    let config = match serve.into_config() {
         Ok(config) => config,
         Err(e) => {
             tracing::error!("{e}");

@@ -1,0 +1,161 @@
+//! `umadb check` and `umadb backup`: operations on a store directory, safe while a server runs
+//! on it (LMDB lets several processes share one environment).
+
+use std::path::Path;
+use std::process::ExitCode;
+use umadb_core::{Error, Store};
+
+/// Exit status of `umadb check` when the store is damaged.
+const DAMAGED: u8 = 2;
+
+/// Set in the child process that does the actual check.
+const CHECK_WORKER: &str = "UMADB_CHECK_WORKER";
+
+/// Verifies the store at `db_path`. The verification runs in a child process: LMDB keeps no
+/// checksums of its own pages, so bytes damaged in its page structure can make a read fault;
+/// the parent then still reports the store as damaged instead of crashing.
+pub fn check(db_path: &Path) -> ExitCode {
+    if std::env::var_os(CHECK_WORKER).is_some() {
+        return check_here(db_path);
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("umadb check: cannot find its own executable ({e}); checking in-process");
+            return check_here(db_path);
+        }
+    };
+    let status = std::process::Command::new(exe)
+        .arg("check")
+        .arg("--db-path")
+        .arg(db_path)
+        .env(CHECK_WORKER, "1")
+        .status();
+    match status {
+        Ok(status) => match status.code() {
+            Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            None => {
+                println!(
+                    "DAMAGED: {}: reading the store crashed the checker ({}); LMDB's own page \
+                     structure is damaged. Restore from a backup.",
+                    db_path.display(),
+                    describe_signal(&status)
+                );
+                ExitCode::from(DAMAGED)
+            }
+        },
+        Err(e) => {
+            eprintln!("umadb check: cannot start the checker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn describe_signal(status: &std::process::ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return format!("killed by signal {signal}");
+        }
+    }
+    format!("{status}")
+}
+
+fn check_here(db_path: &Path) -> ExitCode {
+    let store = match open_existing(db_path) {
+        Ok(store) => store,
+        Err(code) => return code,
+    };
+    eprintln!("checking {} …", db_path.display());
+    let report = store.check(|events| eprintln!("  {events} events checked"));
+    match report {
+        Ok(report) if report.is_ok() => {
+            if report.events == 0 {
+                println!("OK: {}: an empty store", db_path.display());
+            } else {
+                println!(
+                    "OK: {}: {} events, positions 1..={} gapless, every checksum valid, indexes agree",
+                    db_path.display(),
+                    report.events,
+                    report.head
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            println!(
+                "DAMAGED: {}: {} problem(s) found in {} events (last position {}):",
+                db_path.display(),
+                report.problem_count,
+                report.events,
+                report.head
+            );
+            for problem in &report.problems {
+                println!("  - {problem}");
+            }
+            if report.problem_count > report.problems.len() as u64 {
+                println!(
+                    "  … and {} more",
+                    report.problem_count - report.problems.len() as u64
+                );
+            }
+            ExitCode::from(DAMAGED)
+        }
+        Err(e) => failure(db_path, &e),
+    }
+}
+
+/// Copies the store at `db_path` into the new directory `to` and reports the copy's head.
+pub fn backup(db_path: &Path, to: &Path) -> ExitCode {
+    let store = match open_existing(db_path) {
+        Ok(store) => store,
+        Err(code) => return code,
+    };
+    if let Err(e) = store.backup(to) {
+        eprintln!("umadb backup: {e}");
+        return ExitCode::FAILURE;
+    }
+    drop(store);
+    match Store::open(to) {
+        Ok(copy) => {
+            let size = std::fs::metadata(to.join("data.mdb")).map_or(0, |m| m.len());
+            println!(
+                "backup of {} written to {}: positions 1..={} ({size} bytes)",
+                db_path.display(),
+                to.display(),
+                copy.head().unwrap_or(0)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "umadb backup: the copy in {} cannot be opened: {e}",
+                to.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Opens a store that must already exist (neither command creates one).
+fn open_existing(db_path: &Path) -> Result<Store, ExitCode> {
+    if !db_path.join("data.mdb").is_file() {
+        eprintln!("no UmaDB store at {} (no data.mdb)", db_path.display());
+        return Err(ExitCode::FAILURE);
+    }
+    Store::open(db_path).map_err(|e| failure(db_path, &e))
+}
+
+fn failure(db_path: &Path, e: &Error) -> ExitCode {
+    match e {
+        Error::Corruption(_) => {
+            println!("DAMAGED: {}: {e}", db_path.display());
+            ExitCode::from(DAMAGED)
+        }
+        _ => {
+            eprintln!("umadb: {}: {e}", db_path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
