@@ -161,11 +161,13 @@ impl Connection {
     }
 
     fn register(&self, feed: &Arc<Feed>) -> Result<()> {
-        if matches!(*lock(&self.state), State::Closed) {
+        // Checked under the feeds lock, so that a concurrent close() either refuses this feed
+        // or finds it in the list.
+        let mut feeds = lock(&self.feeds);
+        if self.is_closed() {
             feed.cancel();
             return Err(Error::Transport("the client is closed".to_string()));
         }
-        let mut feeds = lock(&self.feeds);
         feeds.retain(|f| f.strong_count() > 0);
         feeds.push(Arc::downgrade(feed));
         Ok(())
