@@ -151,3 +151,36 @@ pub fn plot_sweep(
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
+
+/// Append throughput against the size of the store.
+pub fn plot_growth(dir: &Path, points: &[(u64, f64)]) -> Result<(), String> {
+    register_font()?;
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let path = dir.join("growth.png");
+    let root = BitMapBackend::new(&path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let max_x = points.iter().map(|p| p.0 as f64 / 1e6).fold(1.0, f64::max);
+    let max_y = points.iter().map(|p| p.1).fold(1.0, f64::max) * 1.2;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("append events/s against store size", ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0f64..max_x * 1.05, 0f64..max_y)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("millions of events in the store")
+        .y_desc("events/s")
+        .draw()
+        .map_err(|e| err(&e))?;
+    let series: Vec<(f64, f64)> = points.iter().map(|p| (p.0 as f64 / 1e6, p.1)).collect();
+    chart
+        .draw_series(LineSeries::new(series.iter().copied(), &BLUE))
+        .map_err(|e| err(&e))?;
+    chart
+        .draw_series(series.iter().map(|p| Circle::new(*p, 4, BLUE.filled())))
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}

@@ -167,8 +167,14 @@ fn progress(label: &str, seconds: u64) -> ProgressBar {
     bar
 }
 
-/// Appends `total` events in requests of `batch`, showing progress.
-pub async fn prepopulate(target: &Target, total: u64, batch: u64) -> Result<RunResult, String> {
+/// Appends standard events until the store holds `total`, in requests of `batch`, showing
+/// progress. Tags are drawn as for a log of `log_size` events (log_size/10 distinct tags).
+pub async fn prepopulate(
+    target: &Target,
+    total: u64,
+    batch: u64,
+    log_size: u64,
+) -> Result<RunResult, String> {
     let mut client = target.connect().await?;
     let head = client
         .head(target.request(v1::HeadRequest {}))
@@ -194,7 +200,9 @@ pub async fn prepopulate(target: &Target, total: u64, batch: u64) -> Result<RunR
     let mut n = head;
     while n < total {
         let count = batch.min(total - n);
-        let events = (n..n + count).map(|i| standard_event(i, total)).collect();
+        let events = (n..n + count)
+            .map(|i| standard_event(i, log_size))
+            .collect();
         let request = target.request(v1::AppendRequest {
             events,
             condition: None,

@@ -31,6 +31,10 @@ struct Cli {
     /// Where to write the JSON results.
     #[arg(long, global = true, default_value = "bench-results.json")]
     out: PathBuf,
+    /// Run append/read/mixed this many times and report the median run (by events/s); every
+    /// run goes into the JSON.
+    #[arg(long, global = true, default_value_t = 1)]
+    repeat: usize,
     #[command(subcommand)]
     command: Command,
 }
@@ -83,6 +87,22 @@ enum Command {
         #[arg(long, default_value_t = 100_000)]
         tags: u64,
     },
+    /// Append throughput against store size: grow the store step by step (prepopulating) and
+    /// measure appends at each size; writes a table and a PNG plot.
+    Growth {
+        #[arg(long, default_value_t = 10_000_000)]
+        max_events: u64,
+        #[arg(long, default_value_t = 1_000_000)]
+        step: u64,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 1)]
+        events_per_request: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value = "docs/bench")]
+        out_dir: PathBuf,
+    },
     /// One workload at 1, 2, 4, … clients; writes a table and PNG plots.
     Sweep {
         #[arg(long, value_enum)]
@@ -123,9 +143,14 @@ async fn run(cli: Cli) -> Result<(), String> {
         url: cli.url.clone(),
         api_key: cli.api_key.clone(),
     };
+    let repeated = cli.repeat > 1
+        && matches!(
+            cli.command,
+            Command::Append { .. } | Command::Read { .. } | Command::Mixed { .. }
+        );
     let results: Vec<RunResult> = match cli.command {
         Command::Prepopulate { events, batch } => {
-            vec![workload::prepopulate(&target, events, batch.max(1)).await?]
+            vec![workload::prepopulate(&target, events, batch.max(1), events).await?]
         }
         Command::Append {
             clients,
@@ -137,7 +162,11 @@ async fn run(cli: Cli) -> Result<(), String> {
                 events_per_request: events_per_request.max(1),
                 conditional,
             };
-            vec![workload::append(&target, clients.max(1), spec, seconds).await]
+            let mut runs = Vec::new();
+            for _ in 0..cli.repeat.max(1) {
+                runs.push(workload::append(&target, clients.max(1), spec, seconds).await);
+            }
+            median_first(runs)
         }
         Command::Read {
             clients,
@@ -146,7 +175,11 @@ async fn run(cli: Cli) -> Result<(), String> {
             tags,
         } => {
             let spec = read_spec(tag_query, tags);
-            vec![workload::read(&target, clients.max(1), spec, seconds).await]
+            let mut runs = Vec::new();
+            for _ in 0..cli.repeat.max(1) {
+                runs.push(workload::read(&target, clients.max(1), spec, seconds).await);
+            }
+            median_first(runs)
         }
         Command::Mixed {
             writers,
@@ -171,6 +204,41 @@ async fn run(cli: Cli) -> Result<(), String> {
                 )
                 .await,
             ]
+        }
+        Command::Growth {
+            max_events,
+            step,
+            clients,
+            events_per_request,
+            seconds,
+            out_dir,
+        } => {
+            let spec = AppendSpec {
+                events_per_request: events_per_request.max(1),
+                conditional: false,
+            };
+            let mut points = Vec::new();
+            let mut results = Vec::new();
+            let mut size = step.max(1);
+            while size <= max_events {
+                workload::prepopulate(&target, size, 5_000, max_events).await?;
+                let result = workload::append(&target, clients.max(1), spec, seconds).await;
+                eprintln!("at {size} events: {:.0} events/s", result.events_per_sec);
+                points.push((size, result.events_per_sec));
+                results.push(result);
+                size += step.max(1);
+            }
+            std::fs::create_dir_all(&out_dir)
+                .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+            report::plot_growth(&out_dir, &points)?;
+            let mut table =
+                String::from("| store size (events) | append events/s |\n|---:|---:|\n");
+            for (size, rate) in &points {
+                table.push_str(&format!("| {size} | {rate:.0} |\n"));
+            }
+            std::fs::write(out_dir.join("growth.md"), table)
+                .map_err(|e| format!("cannot write the table: {e}"))?;
+            results
         }
         Command::Sweep {
             workload: which,
@@ -216,10 +284,26 @@ async fn run(cli: Cli) -> Result<(), String> {
             results
         }
     };
-    println!("{}", report::markdown_table(&results));
+    let shown = if repeated {
+        &results[..1]
+    } else {
+        &results[..]
+    };
+    println!("{}", report::markdown_table(shown));
     report::write_json(&cli.out, &results)?;
     eprintln!("results written to {}", cli.out.display());
     Ok(())
+}
+
+/// The runs with the median one (by events/s) first; the table shows only that one.
+fn median_first(mut runs: Vec<RunResult>) -> Vec<RunResult> {
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    order.sort_by(|&a, &b| runs[a].events_per_sec.total_cmp(&runs[b].events_per_sec));
+    let median = order[order.len() / 2];
+    let first = runs.remove(median);
+    let mut all = vec![first];
+    all.extend(runs);
+    all
 }
 
 fn read_spec(tag_query: bool, tags: u64) -> ReadSpec {
