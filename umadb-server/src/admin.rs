@@ -63,9 +63,14 @@ fn describe_signal(status: &std::process::ExitStatus) -> String {
 }
 
 fn check_here(db_path: &Path) -> ExitCode {
-    let store = match open_existing(db_path) {
+    if !db_path.join("data.mdb").is_file() {
+        eprintln!("no UmaDB store at {} (no data.mdb)", db_path.display());
+        return ExitCode::FAILURE;
+    }
+    // The store exists: any failure to open or read it means it cannot be trusted.
+    let store = match Store::open(db_path) {
         Ok(store) => store,
-        Err(code) => return code,
+        Err(e) => return damaged(db_path, &e),
     };
     eprintln!("checking {} …", db_path.display());
     let report = store.check(|events| eprintln!("  {events} events checked"));
@@ -102,8 +107,16 @@ fn check_here(db_path: &Path) -> ExitCode {
             }
             ExitCode::from(DAMAGED)
         }
-        Err(e) => failure(db_path, &e),
+        Err(e) => damaged(db_path, &e),
     }
+}
+
+fn damaged(db_path: &Path, e: &Error) -> ExitCode {
+    println!(
+        "DAMAGED: {}: the store cannot be read: {e}",
+        db_path.display()
+    );
+    ExitCode::from(DAMAGED)
 }
 
 /// Copies the store at `db_path` into the new directory `to` and reports the copy's head.
