@@ -167,6 +167,7 @@ impl Dcb for DcbService {
                 Ok(Response::new(v1::AppendResponse { position }))
             }
             Err(e) => {
+                let e = explain_disk_full(&self.store, e);
                 log_failure(&self.store, &e);
                 Err(status_from_error(&e))
             }
@@ -211,4 +212,30 @@ pub(crate) fn log_failure(store: &Store, e: &Error) {
         }
         _ => tracing::debug!(error = %e, "request refused"),
     }
+}
+
+/// Below this much free space on the store's filesystem, a failed write is put down to a full disk.
+const LOW_DISK_SPACE: u64 = 64 * 1024 * 1024;
+
+/// LMDB reports a write cut short by a full disk as a plain I/O error (EIO); say what it is.
+fn explain_disk_full(store: &Store, e: Error) -> Error {
+    let Error::Io(message) = &e else { return e };
+    match free_space(store.path()) {
+        Some(free) if free < LOW_DISK_SPACE => Error::Io(format!(
+            "the disk holding the store is full ({free} bytes free on the filesystem of {}); \
+             nothing of this append was written: free space and retry ({message})",
+            store.path().display()
+        )),
+        _ => e,
+    }
+}
+
+/// Bytes available to this process on the filesystem holding `path`.
+fn free_space(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into a zeroed struct we own; the path is a valid C string.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
+    (rc == 0).then(|| stat.f_bavail as u64 * stat.f_frsize as u64)
 }

@@ -28,7 +28,18 @@ impl Umadb {
 
     /// Like [`Umadb::spawn`]; a server that exits or never announces itself gives its log.
     pub fn try_spawn(db: &Path, args: &[&str]) -> Result<Umadb, String> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_umadb"))
+        Self::try_spawn_with(db, args, |_| {})
+    }
+
+    /// Like [`Umadb::try_spawn`], letting the caller adjust the command first.
+    pub fn try_spawn_with(
+        db: &Path,
+        args: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Result<Umadb, String> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_umadb"));
+        configure(&mut command);
+        let mut child = command
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--db-path")
