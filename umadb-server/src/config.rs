@@ -95,7 +95,7 @@ impl Default for Limits {
             max_events_per_append: 100_000,
             default_batch_size: 1_000,
             max_batch_size: 10_000,
-            max_response_bytes: 2 * 1024 * 1024,
+            max_response_bytes: 256 * 1024,
             shutdown_grace: Duration::from_secs(10),
             max_connections: 10_000,
             max_streams_per_connection: 10_000,

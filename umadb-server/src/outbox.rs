@@ -11,8 +11,9 @@ use tonic::Status;
 use umadb_proto::v1;
 
 /// Messages buffered per stream. A stalled client parks its producer task once this is full,
-/// so its memory stays bounded and no one else waits for it.
-const QUEUE_DEPTH: usize = 4;
+/// so its memory stays bounded (about this many response messages, plus the one in the
+/// transport) and no one else waits for it.
+const QUEUE_DEPTH: usize = 2;
 
 /// Where a producer task puts messages. Created by [`spawn`].
 pub(crate) struct Sender<T> {

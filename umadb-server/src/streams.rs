@@ -26,7 +26,7 @@ pub(crate) async fn read(
     paging: Paging,
     mut out: Sender<v1::ReadResponse>,
 ) -> Result<(), Status> {
-    let mut sizer = BatchSizer::new(paging.batch_size, paging.max_message_bytes * 2);
+    let mut sizer = BatchSizer::new(paging.batch_size, paging.max_message_bytes);
     let mut sent_any = false;
     let mut last_sent: Option<Position> = None;
     loop {
@@ -119,7 +119,7 @@ pub(crate) async fn subscribe<T>(
         paging,
     } = subscription;
     let query = Arc::new(query);
-    let mut sizer = BatchSizer::new(paging.batch_size, paging.max_message_bytes * 2);
+    let mut sizer = BatchSizer::new(paging.batch_size, paging.max_message_bytes);
     let mut remaining = limit;
     loop {
         if remaining == Some(0) {
@@ -136,11 +136,16 @@ pub(crate) async fn subscribe<T>(
         let count = remaining.map_or(sizer.next(), |r| {
             sizer.next().min(usize::try_from(r).unwrap_or(usize::MAX))
         });
-        let (range_store, range_query) = (store.clone(), query.clone());
-        let batch =
+        let batch = if head_now - after <= INLINE_RANGE {
+            // A few new positions: cheaper to look at them here than to hand them to a
+            // blocking thread, which matters when many idle subscriptions wake on each commit.
+            store.read_range(&query, after + 1, head_now, count)
+        } else {
+            let (range_store, range_query) = (store.clone(), query.clone());
             blocking(move || range_store.read_range(&range_query, after + 1, head_now, count))
                 .await?
-                .map_err(|e| failed(&store, e))?;
+        }
+        .map_err(|e| failed(&store, e))?;
         // A short batch means nothing else matches up to `head_now`.
         after = match batch.last() {
             Some(last) if batch.len() == count => last.position,
@@ -158,6 +163,9 @@ pub(crate) async fn subscribe<T>(
         }
     }
 }
+
+/// Ranges of at most this many new positions are read on the async thread.
+const INLINE_RANGE: Position = 64;
 
 fn to_wire(batch: Vec<SequencedEvent>) -> Vec<v1::SequencedEvent> {
     batch.into_iter().map(Into::into).collect()
