@@ -10,6 +10,7 @@ use pyo3::types::{PyList, PyString, PyTuple};
 use umadb_core::SequencedEvent;
 
 use crate::args::Position;
+use crate::bridge::{future_into_py, Failure};
 use crate::client::{append_request, connection, query, read_kind};
 use crate::connection::Connection;
 use crate::errors::to_py_err;
@@ -17,17 +18,6 @@ use crate::feed::Feed;
 use crate::types::{
     event_list, PyAppendCondition, PyEvent, PyQuery, PySequencedEvent, PyTrackingInfo,
 };
-
-/// Runs `future` on the runtime as an asyncio awaitable (refusing in a forked child, where the
-/// runtime's threads do not exist).
-fn future_into_py<F, T>(py: Python<'_>, future: F) -> PyResult<Bound<'_, PyAny>>
-where
-    F: std::future::Future<Output = PyResult<T>> + Send + 'static,
-    T: for<'py> IntoPyObject<'py> + Send + 'static,
-{
-    crate::wait::runtime().map_err(to_py_err)?;
-    pyo3_async_runtimes::tokio::future_into_py(py, future)
-}
 
 /// A recorded event, made into a Python object when its future completes.
 struct Recorded(SequencedEvent);
@@ -108,7 +98,7 @@ impl PyAsyncClient {
         let request = append_request(events, condition, tracking_info);
         let connection = self.connection.clone();
         future_into_py(py, async move {
-            connection.append(request).await.map_err(to_py_err)
+            connection.append(request).await.map_err(Failure::from)
         })
     }
 
@@ -129,7 +119,7 @@ impl PyAsyncClient {
             let feed = connection
                 .read(query, start, kind, limit)
                 .await
-                .map_err(to_py_err)?;
+                .map_err(Failure::from)?;
             Ok(PyAsyncReadResponse { feed })
         })
     }
@@ -147,7 +137,7 @@ impl PyAsyncClient {
             let feed = connection
                 .subscribe(query, after)
                 .await
-                .map_err(to_py_err)?;
+                .map_err(Failure::from)?;
             Ok(PyAsyncSubscription { feed })
         })
     }
@@ -156,7 +146,7 @@ impl PyAsyncClient {
         let connection = self.connection.clone();
         future_into_py(
             py,
-            async move { connection.head().await.map_err(to_py_err) },
+            async move { connection.head().await.map_err(Failure::from) },
         )
     }
 
@@ -170,14 +160,14 @@ impl PyAsyncClient {
             connection
                 .get_tracking_info(source)
                 .await
-                .map_err(to_py_err)
+                .map_err(Failure::from)
         })
     }
 
     fn check_health<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let connection = self.connection.clone();
         future_into_py(py, async move {
-            connection.check_health().await.map_err(to_py_err)
+            connection.check_health().await.map_err(Failure::from)
         })
     }
 
@@ -237,9 +227,9 @@ fn anext<'py>(py: Python<'py>, feed: &Arc<Feed>) -> PyResult<Bound<'py, PyAny>> 
     }
     let feed = feed.clone();
     future_into_py(py, async move {
-        match feed.next_event().await.map_err(to_py_err)? {
+        match feed.next_event().await.map_err(Failure::from)? {
             Some(event) => Ok(Recorded(event)),
-            None => Err(PyStopAsyncIteration::new_err(())),
+            None => Err(Failure::EndOfStream),
         }
     })
 }
@@ -247,7 +237,7 @@ fn anext<'py>(py: Python<'py>, feed: &Arc<Feed>) -> PyResult<Bound<'py, PyAny>> 
 fn next_batch<'py>(py: Python<'py>, feed: &Arc<Feed>) -> PyResult<Bound<'py, PyAny>> {
     let feed = feed.clone();
     future_into_py(py, async move {
-        feed.next_batch().await.map(Batch).map_err(to_py_err)
+        feed.next_batch().await.map(Batch).map_err(Failure::from)
     })
 }
 
@@ -269,13 +259,13 @@ impl PyAsyncReadResponse {
 
     fn head<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let feed = self.feed.clone();
-        future_into_py(py, async move { feed.head().await.map_err(to_py_err) })
+        future_into_py(py, async move { feed.head().await.map_err(Failure::from) })
     }
 
     fn collect_with_head<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let feed = self.feed.clone();
         future_into_py(py, async move {
-            let (events, head) = feed.collect_with_head().await.map_err(to_py_err)?;
+            let (events, head) = feed.collect_with_head().await.map_err(Failure::from)?;
             Ok((Batch(events), head))
         })
     }

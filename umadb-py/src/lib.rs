@@ -6,11 +6,13 @@
 //! - `connection`, `feed`: what `Client` and `AsyncClient` share — a lazily opened connection
 //!   and the batched event streams of reads and subscriptions;
 //! - `client`: the blocking `Client` (GIL released, Ctrl-C interruptible, via `wait`);
-//! - `aio`: the asyncio `AsyncClient`;
+//! - `aio`: the asyncio `AsyncClient`, over `bridge` (tokio tasks completing asyncio futures,
+//!   kept out of Python once the interpreter exits);
 //! - `server`: the embedded server behind the `umadb` console script.
 
 mod aio;
 mod args;
+mod bridge;
 mod client;
 mod connection;
 mod errors;
@@ -28,6 +30,7 @@ fn _umadb(module: &Bound<'_, PyModule>) -> PyResult<()> {
     types::register(module)?;
     client::register(module)?;
     aio::register(module)?;
+    bridge::register(module)?;
     #[cfg(feature = "server")]
     server::register(module)?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
