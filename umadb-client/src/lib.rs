@@ -64,7 +64,7 @@ mod retry;
 mod stream;
 
 pub use client::Client;
-pub use options::{ClientBuilder, RetryPolicy, DEFAULT_CONNECT_TIMEOUT};
+pub use options::{normalize_url, ClientBuilder, RetryPolicy, DEFAULT_CONNECT_TIMEOUT};
 pub use stream::{ReadResponse, Subscription};
 pub use umadb_core::{
     AppendCondition, AppendRequest, Error, Event, Position, Query, QueryItem, Result,

@@ -226,8 +226,16 @@ impl ClientBuilder {
     }
 }
 
-/// Whether the URL asks for TLS, and the URL rewritten with an `http`/`https` scheme.
-fn normalize_url(url: &str) -> Result<(bool, String)> {
+/// Whether the URL asks for TLS (`https://`, `grpcs://`), and the URL rewritten with an
+/// `http`/`https` scheme; an `InvalidArgument` error for another scheme or a missing host.
+///
+/// ```
+/// assert_eq!(
+///     umadb_client::normalize_url("grpcs://db:50051").unwrap(),
+///     (true, "https://db:50051".to_string())
+/// );
+/// ```
+pub fn normalize_url(url: &str) -> Result<(bool, String)> {
     let url = url.trim();
     let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
         (true, rest)
@@ -239,12 +247,12 @@ fn normalize_url(url: &str) -> Result<(bool, String)> {
         (false, rest)
     } else if url.contains("://") {
         return Err(Error::InvalidArgument(format!(
-            "unsupported URL scheme in {url:?}: use http:// or https://"
+            "unsupported URL scheme in {url:?}: use http://, https://, grpc:// or grpcs://"
         )));
     } else {
         (false, url)
     };
-    if rest.is_empty() {
+    if rest.is_empty() || rest.starts_with('/') {
         return Err(Error::InvalidArgument(format!(
             "server URL {url:?} has no host"
         )));

@@ -43,7 +43,7 @@ impl Connection {
         api_key: Option<&str>,
         batch_size: Option<u32>,
     ) -> Result<Arc<Connection>> {
-        let tls = check_url(url)?;
+        let (tls, _) = umadb_client::normalize_url(url)?;
         let mut builder = umadb_client::Client::builder(url);
         if let Some(ca_path) = ca_path {
             if !tls {
@@ -186,32 +186,6 @@ impl Connection {
     pub(crate) fn is_closed(&self) -> bool {
         matches!(*lock(&self.state), State::Closed)
     }
-}
-
-/// Whether `url` asks for TLS; an error for a scheme the client does not speak.
-fn check_url(url: &str) -> Result<bool> {
-    let url = url.trim();
-    let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
-        (true, rest)
-    } else if let Some(rest) = url.strip_prefix("grpcs://") {
-        (true, rest)
-    } else if let Some(rest) = url.strip_prefix("http://") {
-        (false, rest)
-    } else if let Some(rest) = url.strip_prefix("grpc://") {
-        (false, rest)
-    } else if url.contains("://") {
-        return Err(Error::InvalidArgument(format!(
-            "unsupported URL scheme in {url:?}: use http://, https://, grpc:// or grpcs://"
-        )));
-    } else {
-        (false, url)
-    };
-    if rest.is_empty() || rest.starts_with('/') {
-        return Err(Error::InvalidArgument(format!(
-            "the URL {url:?} has no host"
-        )));
-    }
-    Ok(tls)
 }
 
 /// Locks a mutex that no panic can poison in a harmful way (every critical section here is a

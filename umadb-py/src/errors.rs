@@ -154,17 +154,7 @@ pub(crate) fn to_py_err(error: Error) -> PyErr {
         Error::Transport(_) => TRANSPORT,
         Error::Cancelled(_) => CANCELLED,
     };
-    let message = match error {
-        Error::Integrity(m)
-        | Error::InvalidArgument(m)
-        | Error::Authentication(m)
-        | Error::Corruption(m)
-        | Error::Io(m)
-        | Error::Serialization(m)
-        | Error::Internal(m)
-        | Error::Transport(m)
-        | Error::Cancelled(m) => m,
-    };
+    let message = error.message().to_string();
     new_err(index, message)
 }
 

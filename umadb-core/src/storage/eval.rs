@@ -326,18 +326,7 @@ pub fn load_latest_chunk(
     kind: Kind,
     id: u32,
 ) -> Result<Option<(Position, RoaringBitmap)>> {
-    let key = format::index_key(kind, id, Position::MAX);
-    let found = dbs
-        .index
-        .get_lower_than_or_equal_to(txn, &key)
-        .map_err(storage_error)?;
-    match found {
-        Some((k, v)) => match format::index_key_base(k, kind, id) {
-            Some(base) => Ok(Some((base, decode_bitmap(kind, id, base, v)?))),
-            None => Ok(None),
-        },
-        None => Ok(None),
-    }
+    load_chunk_holding(txn, dbs, kind, id, Position::MAX)
 }
 
 /// The chunk of a key that would hold `position`: (base, offsets).
