@@ -38,18 +38,19 @@ impl Umadb {
         configure: impl FnOnce(&mut Command),
     ) -> Result<Umadb, String> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_umadb"));
-        configure(&mut command);
-        let mut child = command
-            .arg("--listen")
-            .arg("127.0.0.1:0")
+        if !args.contains(&"--listen") {
+            command.arg("--listen").arg("127.0.0.1:0");
+        }
+        command
             .arg("--db-path")
             .arg(db)
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("umadb starts");
+            .stderr(Stdio::piped());
+        // Last, so the caller may override the environment too.
+        configure(&mut command);
+        let mut child = command.spawn().expect("umadb starts");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
