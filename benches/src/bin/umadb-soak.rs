@@ -391,8 +391,15 @@ async fn soak(args: &Args, addr: SocketAddr, pid: u32) -> bool {
         args.duration, args.writers, args.readers, args.subscribers, args.idle_subscriptions, args.stalled_readers
     );
     println!(
-        "{:>6} {:>10} {:>12} {:>12} {:>14} {:>12} {:>7}",
-        "t(s)", "appends/s", "events in/s", "read ev/s", "subscr. ev/s", "server MiB", "errors"
+        "{:>6} {:>10} {:>12} {:>12} {:>14} {:>9} {:>9} {:>7}",
+        "t(s)",
+        "appends/s",
+        "events in/s",
+        "read ev/s",
+        "subscr. ev/s",
+        "anon MiB",
+        "file MiB",
+        "errors"
     );
     let started = Instant::now();
     let mut previous = [0u64; 4];
