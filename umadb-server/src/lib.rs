@@ -15,6 +15,7 @@ mod auth;
 mod closable;
 mod config;
 mod outbox;
+mod readpool;
 mod service;
 mod streams;
 mod wire_errors;
