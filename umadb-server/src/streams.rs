@@ -34,8 +34,9 @@ pub(crate) async fn read(
             return Err(read_interrupted(last_sent));
         }
         let count = sizer.next();
+        // Converting to wire messages is CPU work too: done on the read thread.
         let (returned, batch) = blocking(move || {
-            let batch = reader.next_batch(count);
+            let batch = reader.next_batch(count).map(|b| b.map(to_wire));
             (reader, batch)
         })
         .await?;
@@ -51,7 +52,7 @@ pub(crate) async fn read(
             return Ok(());
         };
         let head = reader.head();
-        let wire = to_wire(batch);
+        let wire = batch;
         sizer.observe(&wire);
         for events in cut_by_size(wire, paging.max_message_bytes) {
             let last = events.last().map(|e| e.position);
@@ -175,10 +176,10 @@ fn to_wire(batch: Vec<SequencedEvent>) -> Vec<v1::SequencedEvent> {
 async fn blocking<R: Send + 'static>(
     work: impl FnOnce() -> R + Send + 'static,
 ) -> Result<R, Status> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| {
-        status_from_error(&Error::Internal(format!(
-            "a storage task failed unexpectedly: {e}"
-        )))
+    crate::readpool::run(work).await.ok_or_else(|| {
+        status_from_error(&Error::Internal(
+            "a storage read failed unexpectedly".to_string(),
+        ))
     })
 }
 
