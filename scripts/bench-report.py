@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Writes docs/benchmarks.md from the results scripts/bench leaves in docs/bench/.
+
+Each workload's JSON holds its runs with the median run first (umadb-bench --repeat).
+"""
+
+import json
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BENCH = ROOT / "docs" / "bench"
+
+
+def median(name):
+    return json.loads((BENCH / f"{name}.json").read_text())[0]
+
+
+def runs(name):
+    return json.loads((BENCH / f"{name}.json").read_text())
+
+
+def table(name):
+    return (BENCH / f"{name}.md").read_text().strip()
+
+
+def verdict(ok):
+    return "met" if ok else "**not met**"
+
+
+def main():
+    machine = (BENCH / "machine.md").read_text().strip()
+    one = median("append-1x1")
+    many = median("append-64x1")
+    cond = median("append-conditional-64x1")
+    batch = median("append-8x100")
+    tags = median("read-tag-query-64")
+    scan = median("read-whole-store-1")
+    writers_alone = median("append-8x1-alone")
+    readers_alone = median("read-whole-store-4-alone")
+    mixed = median("mixed-8w-4r")
+    growth = runs("growth")
+    facts = dict(
+        line.strip("|").split("|", 1)
+        for line in machine.splitlines()[2:]
+        if line.count("|") >= 3
+    )
+    facts = {k.strip(): v.strip() for k, v in facts.items()}
+    per_event = int(facts["store after prepopulating 1,000,000 events"].split("(")[1].split()[0])
+    empty_kib = int(facts["new empty store on disk"].split()[0])
+    peak_anon = int(facts["server peak anonymous RSS (its own memory) through the 1M runs"].split()[0])
+    at_1m = growth[0]["events_per_sec"]
+    at_10m = growth[-1]["events_per_sec"]
+    write_drop = 1 - mixed["events_per_sec"] / writers_alone["events_per_sec"]
+    read_drop = 1 - mixed["readers"]["events_per_sec"] / readers_alone["events_per_sec"]
+
+    rows = [
+        ("durable append, 1 event/request, 1 client", "≥ 2,000 events/s", f"{one['events_per_sec']:,.0f} events/s", one["events_per_sec"] >= 2000),
+        ("durable append, 1 event/request, 64 clients", "≥ 30,000 events/s", f"{many['events_per_sec']:,.0f} events/s", many["events_per_sec"] >= 30000),
+        ("conditional append, 64 clients", "within 15% of unconditional", f"{cond['events_per_sec']:,.0f} events/s ({cond['events_per_sec'] / many['events_per_sec'] - 1:+.0%})", cond["events_per_sec"] >= 0.85 * many["events_per_sec"]),
+        ("100 events/request, 8 clients", "≥ 300,000 events/s", f"{batch['events_per_sec']:,.0f} events/s", batch["events_per_sec"] >= 300000),
+        ("tag-query read, 64 clients", "≥ 15,000 requests/s, p99 < 10 ms", f"{tags['requests_per_sec']:,.0f} requests/s, p99 {tags['p99_ms']:.1f} ms", tags["requests_per_sec"] >= 15000 and tags["p99_ms"] < 10),
+        ("whole-store read, 1 client", "≥ 800,000 events/s", f"{scan['events_per_sec']:,.0f} events/s", scan["events_per_sec"] >= 800000),
+        ("writes while 4 readers stream the store", "drop ≤ 25%", f"{write_drop:.0%} drop ({writers_alone['events_per_sec']:,.0f} → {mixed['events_per_sec']:,.0f} events/s)", write_drop <= 0.25),
+        ("reads while 8 writers append", "drop ≤ 25%", f"{read_drop:.0%} drop", read_drop <= 0.25),
+        ("server memory (anonymous RSS) through the 1M runs", "< 100 MB", f"{peak_anon} MiB", peak_anon < 100),
+        ("append rate at 10M events vs 1M", "within 10%", f"{at_10m:,.0f} vs {at_1m:,.0f} events/s ({at_10m / at_1m - 1:+.0%})", at_10m >= 0.9 * at_1m),
+        ("disk per event, 1M prepopulated", "≤ 200 bytes", f"{per_event} bytes", per_event <= 200),
+        ("new empty store", "< 1 MB", f"{empty_kib} KiB", empty_kib < 1024),
+    ]
+    targets = "\n".join(
+        ["| target | goal | measured | |", "|---|---|---|---|"]
+        + [f"| {a} | {b} | {c} | {verdict(d)} |" for a, b, c, d in rows]
+    )
+
+    doc = f"""# Benchmarks
+
+Figures of the `umadb` server driven over gRPC by `umadb-bench` (in `benches/`), with the
+server and the load generator on the same machine, talking over loopback. Every workload is
+the median of 3 runs (`--repeat 3`); the sweeps and the growth curve are single runs. This
+machine is shared and noisy: compare figures taken in one run of the suite with each other,
+and treat single figures as indications.
+
+Regenerate everything (about 15 minutes; writes `docs/bench/` and this file):
+
+```sh
+./scripts/bench
+```
+
+The engine's in-process criterion benchmarks are separate:
+`cargo bench -p umadb-benches --bench core`.
+
+## Machine and store
+
+{machine}
+
+## Targets
+
+{targets}
+
+## Workloads
+
+The store is prepopulated with 1,000,000 events (`umadb-bench prepopulate --events 1000000`):
+five event types, one tag per event out of 100,000 tags spread evenly over the log, ~100-byte
+payloads. Appends of the workloads below add to it, so later tag queries return a few more
+than 10 events each.
+
+| workload | command |
+|---|---|
+| append, 1 client | `umadb-bench --repeat 3 append --clients 1 --seconds 5` |
+| append, 64 clients | `umadb-bench --repeat 3 append --clients 64 --seconds 5` |
+| conditional append, 64 clients | `umadb-bench --repeat 3 append --clients 64 --seconds 5 --conditional` |
+| 100 events per request, 8 clients | `umadb-bench --repeat 3 append --clients 8 --events-per-request 100 --seconds 5` |
+| tag-query reads, 64 clients | `umadb-bench --repeat 3 read --clients 64 --tag-query --seconds 5` |
+| whole-store read, 1 client | `umadb-bench --repeat 3 read --clients 1 --seconds 5` |
+| writers alone / readers alone / both | `append --clients 8`, `read --clients 4`, `mixed --writers 8 --readers 4` |
+
+{table("append-1x1")}
+
+{table("append-64x1").splitlines()[-1]}
+{table("append-conditional-64x1").splitlines()[-1]}
+{table("append-8x100").splitlines()[-1]}
+{table("read-tag-query-64").splitlines()[-1]}
+{table("read-whole-store-1").splitlines()[-1]}
+{table("append-8x1-alone").splitlines()[-1]}
+{table("read-whole-store-4-alone").splitlines()[-1]}
+{chr(10).join(table("mixed-8w-4r").splitlines()[2:])}
+
+## Sweeps over clients
+
+`umadb-bench sweep --workload append --max-clients 256 --seconds 5` (and `append-conditional`,
+`read-tag-query`):
+
+{table("append")}
+
+![append throughput](bench/append-throughput.png)
+![append latency](bench/append-latency.png)
+
+{table("append-conditional")}
+
+![conditional append throughput](bench/append-conditional-throughput.png)
+![conditional append latency](bench/append-conditional-latency.png)
+
+{table("read-tag-query")}
+
+![tag query throughput](bench/read-tag-query-throughput.png)
+![tag query latency](bench/read-tag-query-latency.png)
+
+## Append rate against store size
+
+`umadb-bench growth --max-events 10000000 --step 1000000 --clients 64 --seconds 5` on a fresh
+store: prepopulate to each size, then 64 clients append for 5 seconds.
+
+{table("growth")}
+
+![append rate against store size](bench/growth.png)
+"""
+    (ROOT / "docs" / "benchmarks.md").write_text(doc)
+    print(targets)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
