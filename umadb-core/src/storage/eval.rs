@@ -69,7 +69,8 @@ pub fn plan(txn: &RoTxn, dbs: &Dbs, query: &Query) -> Result<Plan> {
 }
 
 /// Calls `visit` with each matching position in `lo..=hi`, ascending or (when `backwards`)
-/// descending, until it returns `Break` or the range is exhausted.
+/// descending, until it returns `Break` or the range is exhausted. When the walk scans the
+/// events themselves (a query matching everything), `visit` also gets the record's bytes.
 pub fn for_each_match(
     txn: &RoTxn,
     dbs: &Dbs,
@@ -77,7 +78,7 @@ pub fn for_each_match(
     lo: Position,
     hi: Position,
     backwards: bool,
-    mut visit: impl FnMut(Position) -> Result<ControlFlow<()>>,
+    mut visit: impl FnMut(Position, Option<&[u8]>) -> Result<ControlFlow<()>>,
 ) -> Result<()> {
     if lo > hi {
         return Ok(());
@@ -92,15 +93,15 @@ pub fn for_each_match(
             );
             if backwards {
                 for entry in dbs.events.rev_range(txn, &range).map_err(storage_error)? {
-                    let (key, _) = entry.map_err(storage_error)?;
-                    if visit(format::decode_position_key(key)?)?.is_break() {
+                    let (key, record) = entry.map_err(storage_error)?;
+                    if visit(format::decode_position_key(key)?, Some(record))?.is_break() {
                         break;
                     }
                 }
             } else {
                 for entry in dbs.events.range(txn, &range).map_err(storage_error)? {
-                    let (key, _) = entry.map_err(storage_error)?;
-                    if visit(format::decode_position_key(key)?)?.is_break() {
+                    let (key, record) = entry.map_err(storage_error)?;
+                    if visit(format::decode_position_key(key)?, Some(record))?.is_break() {
                         break;
                     }
                 }
@@ -128,7 +129,7 @@ pub fn for_each_match(
                 let Some(&position) = best else {
                     return Ok(());
                 };
-                if position < lo || position > hi || visit(position)?.is_break() {
+                if position < lo || position > hi || visit(position, None)?.is_break() {
                     return Ok(());
                 }
                 let following = if backwards {

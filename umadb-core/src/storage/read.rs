@@ -143,8 +143,12 @@ pub(crate) fn read_range(
         }
     }
     let mut tracking_cache: Option<(Position, Position, TrackingInfo)> = None;
-    eval::for_each_match(&txn, dbs, &plan, lo, hi, backwards, |position| {
-        out.push(load_event(&txn, dbs, position, &mut tracking_cache)?);
+    eval::for_each_match(&txn, dbs, &plan, lo, hi, backwards, |position, record| {
+        let bytes = match record {
+            Some(bytes) => bytes,
+            None => fetch_record(&txn, dbs, position)?,
+        };
+        out.push(sequenced(&txn, dbs, position, bytes, &mut tracking_cache)?);
         Ok(if out.len() >= max {
             ControlFlow::Break(())
         } else {
@@ -154,21 +158,25 @@ pub(crate) fn read_range(
     Ok(out)
 }
 
-fn load_event(
-    txn: &RoTxn,
-    dbs: &Dbs,
-    position: Position,
-    tracking_cache: &mut Option<(Position, Position, TrackingInfo)>,
-) -> Result<SequencedEvent> {
-    let bytes = dbs
-        .events
+fn fetch_record<'t>(txn: &'t RoTxn, dbs: &Dbs, position: Position) -> Result<&'t [u8]> {
+    dbs.events
         .get(txn, &format::position_key(position))
         .map_err(storage_error)?
         .ok_or_else(|| {
             format::corrupt(format!(
                 "the index names position {position} but no event is stored there"
             ))
-        })?;
+        })
+}
+
+/// Decodes the record at `position` and attaches its append's tracking info.
+fn sequenced(
+    txn: &RoTxn,
+    dbs: &Dbs,
+    position: Position,
+    bytes: &[u8],
+    tracking_cache: &mut Option<(Position, Position, TrackingInfo)>,
+) -> Result<SequencedEvent> {
     let decoded = decode_record(position, bytes)?;
     let tracking_info = if decoded.tracked {
         match tracking_cache {
@@ -206,7 +214,7 @@ pub(crate) fn matching_positions(
         return Ok(out);
     }
     let plan = eval::plan(txn, dbs, query)?;
-    eval::for_each_match(txn, dbs, &plan, lo, hi, false, |position| {
+    eval::for_each_match(txn, dbs, &plan, lo, hi, false, |position, _| {
         out.push(position);
         Ok(if out.len() >= max {
             ControlFlow::Break(())
@@ -223,14 +231,7 @@ pub(crate) fn stored_uuid(
     dbs: &Dbs,
     position: Position,
 ) -> Result<Option<uuid::Uuid>> {
-    match dbs
-        .events
-        .get(txn, &format::position_key(position))
-        .map_err(storage_error)?
-    {
-        Some(bytes) => Ok(decode_record(position, bytes)?.event.uuid),
-        None => Err(format::corrupt(format!(
-            "the index names position {position} but no event is stored there"
-        ))),
-    }
+    Ok(decode_record(position, fetch_record(txn, dbs, position)?)?
+        .event
+        .uuid)
 }
