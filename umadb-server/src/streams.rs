@@ -34,13 +34,22 @@ pub(crate) async fn read(
             return Err(read_interrupted(last_sent));
         }
         let count = sizer.next();
-        // Converting to wire messages is CPU work too: done on the read thread.
-        let (returned, batch) = blocking(move || {
-            let batch = reader.next_batch(count).map(|b| b.map(to_wire));
-            (reader, batch)
-        })
-        .await?;
-        reader = returned;
+        let batch = if reader.is_complete() {
+            Ok(None)
+        } else if count <= INLINE_BATCH {
+            // A first, small batch (all of a typical tag query) costs less here than the
+            // hand-off to a read thread and back.
+            reader.next_batch(count).map(|b| b.map(to_wire))
+        } else {
+            // Converting to wire messages is CPU work too: done on the read thread.
+            let (returned, batch) = blocking(move || {
+                let batch = reader.next_batch(count).map(|b| b.map(to_wire));
+                (reader, batch)
+            })
+            .await?;
+            reader = returned;
+            batch
+        };
         let Some(batch) = batch.map_err(|e| failed(&store, e))? else {
             if !sent_any {
                 let empty = v1::ReadResponse {
@@ -164,6 +173,9 @@ pub(crate) async fn subscribe<T>(
         }
     }
 }
+
+/// Read batches of at most this many events are read on the async thread.
+const INLINE_BATCH: usize = 16;
 
 /// Ranges of at most this many new positions are read on the async thread.
 const INLINE_RANGE: Position = 64;

@@ -73,6 +73,11 @@ impl Reader {
         }
     }
 
+    /// Whether the read is complete: the next batch would be `None` without touching the store.
+    pub fn is_complete(&self) -> bool {
+        self.next.is_none()
+    }
+
     /// Up to `max` more events, or `None` when the read is complete.
     pub fn next_batch(&mut self, max: usize) -> Result<Option<Vec<SequencedEvent>>> {
         let Some(next) = self.next else {
