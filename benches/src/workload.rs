@@ -276,6 +276,9 @@ async fn append_client(
         let events = (0..spec.events_per_request)
             .map(|i| {
                 let mut e = standard_event(unique * 1000 + i as u64, 1_000_000);
+                // Tags of their own, so that appends leave the prepopulated tags (and so the
+                // tag-query workload's ~10 events per tag) as they were.
+                e.tags = vec![format!("written-{}", (unique * 1000 + i as u64) % 100_000)];
                 if spec.conditional {
                     e.tags.push(boundary.clone());
                 }
