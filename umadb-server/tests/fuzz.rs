@@ -20,38 +20,6 @@ async fn send_raw(
     method: &str,
     bytes: Vec<u8>,
 ) -> Result<(), tonic::Status> {
-    use bytes::{Buf, BufMut};
-    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-    struct Raw;
-    struct RawEncoder;
-    struct RawDecoder;
-    impl Encoder for RawEncoder {
-        type Item = Vec<u8>;
-        type Error = tonic::Status;
-        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-            dst.put_slice(&item);
-            Ok(())
-        }
-    }
-    impl Decoder for RawDecoder {
-        type Item = Vec<u8>;
-        type Error = tonic::Status;
-        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-            Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
-        }
-    }
-    impl Codec for Raw {
-        type Encode = Vec<u8>;
-        type Decode = Vec<u8>;
-        type Encoder = RawEncoder;
-        type Decoder = RawDecoder;
-        fn encoder(&mut self) -> RawEncoder {
-            RawEncoder
-        }
-        fn decoder(&mut self) -> RawDecoder {
-            RawDecoder
-        }
-    }
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
         .await
@@ -59,13 +27,13 @@ async fn send_raw(
     let path = format!("/umadb.v1.DCB/{method}").parse().expect("path");
     if method == "Read" || method == "Subscribe" {
         let mut stream = grpc
-            .server_streaming(tonic::Request::new(bytes), path, Raw)
+            .server_streaming(tonic::Request::new(bytes), path, common::RawCodec)
             .await?
             .into_inner();
         // Take the first message (a subscription may then wait forever: stop there).
         stream.message().await.map(drop)
     } else {
-        grpc.unary(tonic::Request::new(bytes), path, Raw)
+        grpc.unary(tonic::Request::new(bytes), path, common::RawCodec)
             .await
             .map(drop)
     }

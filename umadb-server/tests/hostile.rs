@@ -246,42 +246,13 @@ async fn one_hundred_thousand_events_in_one_append_are_accepted_atomically() {
 
 /// Sends raw bytes as a request to a DCB method (unary methods only).
 async fn send_raw_unary(server: &TestServer, method: &str, bytes: Vec<u8>) -> tonic::Status {
-    use bytes::{Buf, BufMut};
-    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-    struct Raw;
-    struct RawEncoder;
-    struct RawDecoder;
-    impl Encoder for RawEncoder {
-        type Item = Vec<u8>;
-        type Error = tonic::Status;
-        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-            dst.put_slice(&item);
-            Ok(())
-        }
-    }
-    impl Decoder for RawDecoder {
-        type Item = Vec<u8>;
-        type Error = tonic::Status;
-        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-            Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
-        }
-    }
-    impl Codec for Raw {
-        type Encode = Vec<u8>;
-        type Decode = Vec<u8>;
-        type Encoder = RawEncoder;
-        type Decoder = RawDecoder;
-        fn encoder(&mut self) -> RawEncoder {
-            RawEncoder
-        }
-        fn decoder(&mut self) -> RawDecoder {
-            RawDecoder
-        }
-    }
     let mut grpc = tonic::client::Grpc::new(server.channel().await);
     grpc.ready().await.expect("ready");
     let path = format!("/umadb.v1.DCB/{method}").parse().expect("path");
-    match grpc.unary(tonic::Request::new(bytes), path, Raw).await {
+    match grpc
+        .unary(tonic::Request::new(bytes), path, common::RawCodec)
+        .await
+    {
         Err(status) => status,
         Ok(response) => panic!("{method} accepted {:?}", response.into_inner()),
     }

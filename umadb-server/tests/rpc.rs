@@ -468,47 +468,12 @@ async fn an_oversized_request_is_invalid_argument_and_the_server_keeps_serving()
 
 /// Sends raw bytes as the request message of a DCB method.
 async fn send_raw(server: &TestServer, method: &str, bytes: Vec<u8>) -> tonic::Status {
-    use bytes::{Buf, BufMut};
-    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-
-    #[derive(Default)]
-    struct Raw;
-    struct RawEncoder;
-    struct RawDecoder;
-    impl Encoder for RawEncoder {
-        type Item = Vec<u8>;
-        type Error = tonic::Status;
-        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-            dst.put_slice(&item);
-            Ok(())
-        }
-    }
-    impl Decoder for RawDecoder {
-        type Item = Vec<u8>;
-        type Error = tonic::Status;
-        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-            Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
-        }
-    }
-    impl Codec for Raw {
-        type Encode = Vec<u8>;
-        type Decode = Vec<u8>;
-        type Encoder = RawEncoder;
-        type Decoder = RawDecoder;
-        fn encoder(&mut self) -> RawEncoder {
-            RawEncoder
-        }
-        fn decoder(&mut self) -> RawDecoder {
-            RawDecoder
-        }
-    }
-
     let mut grpc = tonic::client::Grpc::new(server.channel().await);
     grpc.ready().await.expect("ready");
     let path = format!("/umadb.v1.DCB/{method}").parse().expect("path");
     if method == "Read" || method == "Subscribe" {
         match grpc
-            .server_streaming(tonic::Request::new(bytes), path, Raw)
+            .server_streaming(tonic::Request::new(bytes), path, common::RawCodec)
             .await
         {
             Err(status) => status,
@@ -521,7 +486,10 @@ async fn send_raw(server: &TestServer, method: &str, bytes: Vec<u8>) -> tonic::S
             }
         }
     } else {
-        match grpc.unary(tonic::Request::new(bytes), path, Raw).await {
+        match grpc
+            .unary(tonic::Request::new(bytes), path, common::RawCodec)
+            .await
+        {
             Err(status) => status,
             Ok(response) => panic!(
                 "garbage {method} request was accepted: {:?}",
