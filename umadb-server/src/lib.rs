@@ -14,6 +14,7 @@
 mod auth;
 mod closable;
 mod config;
+mod fanout;
 mod outbox;
 mod readpool;
 mod service;
@@ -88,6 +89,8 @@ pub struct RunningServer {
     close_connections: watch::Sender<bool>,
     stop_accepting: Option<oneshot::Sender<()>>,
     serve: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    /// The task that wakes subscriptions (see `fanout`).
+    fanout: Option<JoinHandle<()>>,
     grace: Duration,
 }
 
@@ -132,6 +135,10 @@ impl RunningServer {
                 }
             }
         }
+        if let Some(fanout) = self.fanout.take() {
+            // It holds the store: the store closes once it has stopped.
+            let _ = fanout.await;
+        }
         let store = self.store.clone();
         // Answers any append still queued, then stops the writer.
         let _ = tokio::task::spawn_blocking(move || store.close()).await;
@@ -165,6 +172,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     store.on_commit(move |head| {
         head_tx.send_replace(head);
     });
+    let fanout = fanout::Fanout::new(store.clone());
 
     let incoming = TcpIncoming::bind(config.listen)
         .map_err(|source| ServerError::Bind {
@@ -203,10 +211,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     }
 
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let fanout_task = tokio::spawn(fanout.clone().run(head_rx, shutdown_rx.clone()));
     let limits = config.limits.clone();
     let dcb = DcbServer::new(service::DcbService::new(
         store.clone(),
-        head_rx,
+        fanout,
         shutdown_rx,
         limits.clone(),
     ))
@@ -260,6 +269,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         close_connections,
         stop_accepting: Some(stop_accepting),
         serve: Some(serve),
+        fanout: Some(fanout_task),
         grace: limits.shutdown_grace,
     })
 }

@@ -2,6 +2,7 @@
 //! DCB rule lives in `umadb-core`.
 
 use crate::config::Limits;
+use crate::fanout::Fanout;
 use crate::outbox::{self, Outbox};
 use crate::streams::{self, Paging};
 use std::sync::Arc;
@@ -13,8 +14,8 @@ use umadb_proto::{status_from_error, v1};
 
 pub(crate) struct DcbService {
     store: Arc<Store>,
-    /// Last committed position (0 for none), fed by the store's commit listener.
-    head: watch::Receiver<Position>,
+    /// Wakes subscriptions on the commits that concern them.
+    fanout: Arc<Fanout>,
     shutdown: watch::Receiver<bool>,
     limits: Limits,
 }
@@ -22,13 +23,13 @@ pub(crate) struct DcbService {
 impl DcbService {
     pub fn new(
         store: Arc<Store>,
-        head: watch::Receiver<Position>,
+        fanout: Arc<Fanout>,
         shutdown: watch::Receiver<bool>,
         limits: Limits,
     ) -> Self {
         DcbService {
             store,
-            head,
+            fanout,
             shutdown,
             limits,
         }
@@ -50,9 +51,10 @@ impl DcbService {
         message: impl Fn(Vec<v1::SequencedEvent>) -> T + Send + 'static,
     ) -> Result<Outbox<T>, Status> {
         query.validate().map_err(|e| status_from_error(&e))?;
+        let query = Arc::new(query);
         let subscription = streams::Subscription {
             store: self.store.clone(),
-            head: self.head.clone(),
+            follow: self.fanout.follow(query.clone()),
             query,
             after,
             limit,

@@ -1,9 +1,10 @@
 //! The producers behind the streaming calls: a read pages through a [`Reader`]; a subscription
-//! pages through the log with `read_range` and waits on the head watch when caught up.
+//! pages through the log with `read_range` and, when caught up, waits until the fanout sees a
+//! commit with an event it matches.
 
+use crate::fanout::Follow;
 use crate::outbox::{cut_by_size, BatchSizer, Sender, Stop};
 use std::sync::Arc;
-use tokio::sync::watch;
 use tonic::Status;
 use umadb_core::{Error, Position, Query, Reader, SequencedEvent, Store};
 use umadb_proto::{status_from_error, v1};
@@ -102,9 +103,9 @@ fn read_interrupted(last_sent: Option<Position>) -> Status {
 /// What a subscription follows.
 pub(crate) struct Subscription {
     pub store: Arc<Store>,
-    /// The last committed position (0 for none), updated after every commit.
-    pub head: watch::Receiver<Position>,
-    pub query: Query,
+    /// Moved after every commit that holds an event the query matches.
+    pub follow: Follow,
+    pub query: Arc<Query>,
     /// Only events after this position.
     pub after: Position,
     /// End after this many events.
@@ -122,24 +123,23 @@ pub(crate) async fn subscribe<T>(
 ) -> Result<(), Status> {
     let Subscription {
         store,
-        mut head,
+        mut follow,
         query,
         mut after,
         limit,
         paging,
     } = subscription;
-    let query = Arc::new(query);
     let mut sizer = BatchSizer::new(paging.batch_size, paging.max_message_bytes);
     let mut remaining = limit;
     loop {
         if remaining == Some(0) {
             return Ok(());
         }
-        let head_now = *head.borrow_and_update();
+        let head_now = *follow.wake.borrow_and_update();
         if after >= head_now {
-            match out.wait(head.changed()).await {
+            match out.wait(follow.wake.changed()).await {
                 Ok(Ok(())) => continue,
-                // The store's head watch is gone: the server is stopping.
+                // The fanout is gone: the server is stopping.
                 Ok(Err(_)) | Err(_) => return Ok(()),
             }
         }
