@@ -91,17 +91,35 @@ pub fn for_each_match(
                 std::ops::Bound::Included(lo_key.as_slice()),
                 std::ops::Bound::Included(hi_key.as_slice()),
             );
+            // The log is gapless from 1: a scan forwards starts at `lo` and every step moves by
+            // exactly one. Anything else is damaged page structure leading the cursor astray.
+            let mut expected = (!backwards).then_some(lo.max(1));
+            let mut step = |key: &[u8], record: &[u8]| -> Result<ControlFlow<()>> {
+                let position = format::decode_position_key(key)?;
+                if let Some(expected) = expected.filter(|&e| e != position) {
+                    return Err(format::corrupt(format!(
+                        "the log's page structure is damaged: a scan expected position \
+                         {expected} next but found {position}"
+                    )));
+                }
+                expected = if backwards {
+                    position.checked_sub(1)
+                } else {
+                    position.checked_add(1)
+                };
+                visit(position, Some(record))
+            };
             if backwards {
                 for entry in dbs.events.rev_range(txn, &range).map_err(storage_error)? {
                     let (key, record) = entry.map_err(storage_error)?;
-                    if visit(format::decode_position_key(key)?, Some(record))?.is_break() {
+                    if step(key, record)?.is_break() {
                         break;
                     }
                 }
             } else {
                 for entry in dbs.events.range(txn, &range).map_err(storage_error)? {
                     let (key, record) = entry.map_err(storage_error)?;
-                    if visit(format::decode_position_key(key)?, Some(record))?.is_break() {
+                    if step(key, record)?.is_break() {
                         break;
                     }
                 }

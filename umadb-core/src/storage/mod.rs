@@ -163,10 +163,23 @@ impl Store {
         let dbs = open_databases(&env, &path)?;
         let head = {
             let txn = env.read_txn().map_err(|e| open_error(&path, e))?;
-            match dbs.events.last(&txn).map_err(|e| open_error(&path, e))? {
+            let head = match dbs.events.last(&txn).map_err(|e| open_error(&path, e))? {
                 Some((key, _)) => format::decode_position_key(key)?,
                 None => 0,
+            };
+            // The log is gapless from 1, so it holds exactly `head` records. LMDB counts a
+            // database's entries apart from its pages: a count that disagrees means damaged page
+            // structure hides records, and appending from a wrong head would reuse positions.
+            let records = dbs.events.len(&txn).map_err(|e| open_error(&path, e))?;
+            if records != head {
+                return Err(Error::Corruption(format!(
+                    "{} is damaged: it counts {records} event records but its last position is \
+                     {head}; it is not served, to keep positions from being reused (run \
+                     'umadb check' on it, and restore from a backup)",
+                    path.display()
+                )));
             }
+            head
         };
         let shared = Arc::new(Shared {
             env,

@@ -139,6 +139,8 @@ pub(crate) fn read_range(
     if max == 0 || lo > hi {
         return Ok(out);
     }
+    // Published after its commit: the snapshot taken next holds every position up to it.
+    let head = shared.head.load(Ordering::Acquire);
     let txn = shared.env.read_txn().map_err(storage_error)?;
     let dbs = &shared.dbs;
     let plan = eval::plan(&txn, dbs, query)?;
@@ -149,18 +151,60 @@ pub(crate) fn read_range(
     }
     let mut tracking_cache: Option<(Position, Position, TrackingInfo)> = None;
     eval::for_each_match(&txn, dbs, &plan, lo, hi, backwards, |position, record| {
-        let bytes = match record {
-            Some(bytes) => bytes,
-            None => fetch_record(&txn, dbs, position)?,
+        let event = match record {
+            Some(bytes) => sequenced(&txn, dbs, position, bytes, &mut tracking_cache)?,
+            None => {
+                let bytes = fetch_record(&txn, dbs, position)?;
+                let event = sequenced(&txn, dbs, position, bytes, &mut tracking_cache)?;
+                // The indexes led here: a damaged index must not pass off other events.
+                if !query.matches(&event.event) {
+                    return Err(format::corrupt(format!(
+                        "the index is damaged: it lists position {position} for a query the \
+                         event there does not match"
+                    )));
+                }
+                event
+            }
         };
-        out.push(sequenced(&txn, dbs, position, bytes, &mut tracking_cache)?);
+        out.push(event);
         Ok(if out.len() >= max {
             ControlFlow::Break(())
         } else {
             ControlFlow::Continue(())
         })
     })?;
+    if matches!(plan, Plan::All) && out.len() < max {
+        check_scan_complete(head, &out, lo, hi, backwards)?;
+    }
     Ok(out)
+}
+
+/// A scan of the whole log that ended early, inside the committed log, lost part of it to
+/// damaged page structure.
+fn check_scan_complete(
+    head: Position,
+    scanned: &[SequencedEvent],
+    lo: Position,
+    hi: Position,
+    backwards: bool,
+) -> Result<()> {
+    let (lo, hi) = (lo.max(1), hi.min(head));
+    if lo > hi {
+        return Ok(());
+    }
+    let reached = scanned.last().map(|e| e.position);
+    let (complete, missing) = if backwards {
+        (reached == Some(lo), reached.map_or(hi, |p| p - 1))
+    } else {
+        (reached == Some(hi), reached.map_or(lo, |p| p + 1))
+    };
+    if complete {
+        return Ok(());
+    }
+    Err(format::corrupt(format!(
+        "the log's page structure is damaged: a scan of positions {lo}..={hi} could not reach \
+         position {missing}"
+    )))
 }
 
 fn fetch_record<'t>(txn: &'t RoTxn, dbs: &Dbs, position: Position) -> Result<&'t [u8]> {
@@ -239,4 +283,123 @@ pub(crate) fn stored_uuid(
     Ok(decode_record(position, fetch_record(txn, dbs, position)?)?
         .event
         .uuid)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Damaged page structure cannot be produced on purpose through LMDB, so these tests damage
+    //! the log the way it would look to a reader: records missing from the scan, an index that
+    //! points at the wrong event.
+    use super::super::{format, Store};
+    use crate::error::Error;
+    use crate::types::{AppendRequest, Event, Query, QueryItem, ReadRequest};
+
+    fn store_of_ten() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path().join("db")).expect("open");
+        for n in 1..=10 {
+            let tag = if n % 2 == 0 { "even" } else { "odd" };
+            store
+                .append(AppendRequest {
+                    events: vec![Event::new("E", [tag], vec![n])],
+                    ..Default::default()
+                })
+                .expect("append");
+        }
+        (dir, store)
+    }
+
+    fn damage(store: &Store, change: impl FnOnce(&mut heed::RwTxn, &super::Dbs)) {
+        let shared = &store.shared;
+        let mut txn = shared.env.write_txn().expect("write txn");
+        change(&mut txn, &shared.dbs);
+        txn.commit().expect("commit");
+    }
+
+    fn read(store: &Store, start: Option<u64>, backwards: bool, query: Query) -> Error {
+        let request = ReadRequest {
+            query,
+            start,
+            backwards,
+            limit: None,
+        };
+        match store.read_all(request) {
+            Ok((events, _)) => panic!("a damaged log was served: {events:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn corruption_naming(e: &Error, words: &str) {
+        match e {
+            Error::Corruption(message) => assert!(message.contains(words), "{message}"),
+            other => panic!("expected Corruption, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_scan_that_finds_a_gap_in_the_log_fails_as_corruption_and_the_rest_is_served() {
+        let (_dir, store) = store_of_ten();
+        damage(&store, |txn, dbs| {
+            dbs.events
+                .delete(txn, &format::position_key(5))
+                .expect("delete");
+        });
+        let forwards = read(&store, None, false, Query::all());
+        corruption_naming(&forwards, "expected position 5 next but found 6");
+        let backwards = read(&store, None, true, Query::all());
+        corruption_naming(&backwards, "expected position 5 next but found 4");
+        let (after, _) = store
+            .read_all(ReadRequest {
+                start: Some(6),
+                ..Default::default()
+            })
+            .expect("the intact part is served");
+        let positions: Vec<u64> = after.iter().map(|e| e.position).collect();
+        assert_eq!(positions, vec![6, 7, 8, 9, 10]);
+    }
+
+    #[test]
+    fn a_scan_that_ends_before_the_head_fails_as_corruption() {
+        let (_dir, store) = store_of_ten();
+        damage(&store, |txn, dbs| {
+            for p in [9, 10] {
+                dbs.events
+                    .delete(txn, &format::position_key(p))
+                    .expect("delete");
+            }
+        });
+        let e = read(&store, Some(6), false, Query::all());
+        corruption_naming(&e, "could not reach position 9");
+    }
+
+    #[test]
+    fn an_index_pointing_at_an_event_the_query_does_not_match_fails_as_corruption() {
+        let (_dir, store) = store_of_ten();
+        // A valid record, but not the event the "even" index lists at position 4.
+        let mut record = Vec::new();
+        format::encode_event(&Event::new("E", ["odd"], vec![4]), false, &mut record);
+        damage(&store, |txn, dbs| {
+            dbs.events
+                .put(txn, &format::position_key(4), &record)
+                .expect("put");
+        });
+        let even = Query::from_items([QueryItem::new(Vec::<String>::new(), ["even"])]);
+        let e = read(&store, None, false, even);
+        corruption_naming(&e, "lists position 4");
+    }
+
+    #[test]
+    fn a_store_whose_record_count_disagrees_with_its_last_position_is_not_opened() {
+        let (dir, store) = store_of_ten();
+        damage(&store, |txn, dbs| {
+            dbs.events
+                .delete(txn, &format::position_key(3))
+                .expect("delete");
+        });
+        drop(store);
+        match Store::open(dir.path().join("db")) {
+            Ok(_) => panic!("a store with a hole in its log was opened"),
+            Err(e) => corruption_naming(&e, "counts 9 event records but its last position is 10"),
+        }
+    }
 }
