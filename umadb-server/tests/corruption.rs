@@ -159,7 +159,7 @@ async fn garbage_blocks_in_the_data_file_are_reported_and_never_served_as_valid_
     eprintln!("data file: {file_len} bytes, {pages} pages");
     let mut rng = Rng::new(7);
     let mut outcomes = Vec::new();
-    for trial in 0..8 {
+    for trial in 0..24 {
         let db = dir.path().join(format!("damaged-{trial}"));
         std::fs::create_dir(&db).unwrap();
         let mut bytes = std::fs::read(pristine.join("data.mdb")).unwrap();
@@ -197,22 +197,14 @@ async fn garbage_blocks_in_the_data_file_are_reported_and_never_served_as_valid_
                 let mut client = server.client().await;
                 let outcome = match read_all(&mut client, v1::ReadRequest::default()).await {
                     Ok((events, _)) => {
-                        // Never garbage served as an event: what is served is the original.
+                        // Never garbage served as an event, nor a short or reordered log passed
+                        // off as the whole: a read that succeeds serves exactly the original.
                         assert!(
-                            events.len() <= original.len()
-                                && same_events(&events, &original[..events.len()]),
+                            same_events(&events, &original),
                             "trial {trial}: damaged data served as valid: {}",
                             describe_difference(&events, &original)
                         );
-                        if code == Some(0) {
-                            // A store that check passes is served whole.
-                            assert_eq!(events.len(), original.len(), "trial {trial}");
-                        }
-                        format!(
-                            "served {} of {} events, all intact",
-                            events.len(),
-                            original.len()
-                        )
+                        format!("served all {} events, intact", events.len())
                     }
                     Err(status) => {
                         format!("read refused: {:?} {}", status.code(), status.message())
