@@ -415,14 +415,34 @@ pub async fn mixed(
     let deadline = started + Duration::from_secs(seconds);
     let bar = progress(&format!("mixed {writers}w+{readers}r"), seconds);
     let ticker = tick(bar.clone(), started, seconds);
+    // The readers get threads of their own, as separate client processes would have: on one
+    // runtime, writers' requests would queue behind the decoding of the readers' large
+    // responses inside this load generator, and that is not the server's doing.
+    let reader_runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-reader")
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let failed = Tally {
+                errors: 1,
+                first_error: Some(format!("cannot start the readers' runtime: {e}")),
+                ..Default::default()
+            };
+            return summarise("mixed-writers", writers, 0, started.elapsed(), vec![failed]);
+        }
+    };
     let writer_tasks: Vec<_> = (0..writers)
         .map(|id| tokio::spawn(append_client(target.clone(), append_spec, deadline, id)))
         .collect();
     let reader_tasks: Vec<_> = (0..readers)
-        .map(|id| tokio::spawn(read_client(target.clone(), read_spec, deadline, id)))
+        .map(|id| reader_runtime.spawn(read_client(target.clone(), read_spec, deadline, id)))
         .collect();
     let writer_tallies = join_all(writer_tasks).await;
     let reader_tallies = join_all(reader_tasks).await;
+    reader_runtime.shutdown_background();
     let elapsed = started.elapsed();
     ticker.abort();
     bar.finish();
