@@ -14,6 +14,7 @@
 mod auth;
 mod closable;
 mod config;
+mod encoded;
 mod fanout;
 mod outbox;
 mod readpool;
@@ -213,13 +214,16 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let fanout_task = tokio::spawn(fanout.clone().run(head_rx, shutdown_rx.clone()));
     let limits = config.limits.clone();
-    let dcb = DcbServer::new(service::DcbService::new(
+    let service = Arc::new(service::DcbService::new(
         store.clone(),
         fanout,
         shutdown_rx,
         limits.clone(),
-    ))
-    .max_decoding_message_size(limits.max_message_bytes);
+    ));
+    let dcb =
+        DcbServer::from_arc(service.clone()).max_decoding_message_size(limits.max_message_bytes);
+    // Read is served with responses encoded where they are read (see `encoded`).
+    let dcb = encoded::ReadRoute::new(dcb, service, limits.max_message_bytes);
     let dcb = wire_errors::WireErrors::new(dcb, limits.max_message_bytes);
     // The key check runs first, before the request is even decoded.
     let dcb = InterceptedService::new(dcb, auth::ApiKeys::new(&config.api_keys));

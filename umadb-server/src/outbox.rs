@@ -170,7 +170,12 @@ impl BatchSizer {
     }
 
     pub fn observe(&mut self, events: &[v1::SequencedEvent]) {
-        if let Some(largest) = events.iter().map(field_len).max() {
+        self.observe_largest(events.iter().map(field_len).max());
+    }
+
+    /// Like `observe`, given the bytes the batch's largest event took in its message.
+    pub fn observe_largest(&mut self, largest: Option<usize>) {
+        if let Some(largest) = largest {
             self.largest = Some(largest);
         }
         self.ramp = self.ramp.saturating_mul(2);

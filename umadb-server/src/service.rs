@@ -2,6 +2,7 @@
 //! DCB rule lives in `umadb-core`.
 
 use crate::config::Limits;
+use crate::encoded::EncodedReadResponse;
 use crate::fanout::Fanout;
 use crate::outbox::{self, Outbox};
 use crate::streams::{self, Paging};
@@ -64,21 +65,13 @@ impl DcbService {
             streams::subscribe(subscription, out, message)
         }))
     }
-}
 
-fn invalid(message: String) -> Status {
-    status_from_error(&Error::InvalidArgument(message))
-}
-
-#[tonic::async_trait]
-impl Dcb for DcbService {
-    type ReadStream = Outbox<v1::ReadResponse>;
-    type SubscribeStream = Outbox<v1::SubscribeResponse>;
-
-    async fn read(
+    /// `Read`, served through `encoded::ReadRoute`: the responses are encoded where they are
+    /// produced.
+    pub fn read_encoded(
         &self,
         request: Request<v1::ReadRequest>,
-    ) -> Result<Response<Self::ReadStream>, Status> {
+    ) -> Result<Response<Outbox<EncodedReadResponse>>, Status> {
         let request = request.into_inner();
         let query: Query = request.query.map(Into::into).unwrap_or_default();
         let backwards = request.backwards.unwrap_or(false);
@@ -93,10 +86,13 @@ impl Dcb for DcbService {
             }
             // `start` is inclusive; a subscription starts after a position.
             let after = request.start.unwrap_or(0).saturating_sub(1);
-            let stream = self.subscription(query, after, limit, request.batch_size, |events| {
-                let head = events.last().map(|e| e.position);
-                v1::ReadResponse { events, head }
-            })?;
+            let stream = self.subscription(
+                query,
+                after,
+                limit,
+                request.batch_size,
+                EncodedReadResponse::of_wire,
+            )?;
             return Ok(Response::new(stream));
         }
         let read = umadb_core::ReadRequest {
@@ -111,6 +107,27 @@ impl Dcb for DcbService {
         Ok(Response::new(outbox::spawn(
             self.shutdown.clone(),
             move |out| streams::read(store, reader, limited, paging, out),
+        )))
+    }
+}
+
+fn invalid(message: String) -> Status {
+    status_from_error(&Error::InvalidArgument(message))
+}
+
+#[tonic::async_trait]
+impl Dcb for DcbService {
+    type ReadStream = Outbox<v1::ReadResponse>;
+    type SubscribeStream = Outbox<v1::SubscribeResponse>;
+
+    /// Never called: `encoded::ReadRoute` serves every `Read` before it reaches the generated
+    /// service (see `DcbService::read_encoded`). The generated trait requires the method.
+    async fn read(
+        &self,
+        _request: Request<v1::ReadRequest>,
+    ) -> Result<Response<Self::ReadStream>, Status> {
+        Err(status_from_error(&Error::Internal(
+            "Read reached the generated service; it is served by the encoded route".into(),
         )))
     }
 

@@ -2,6 +2,7 @@
 //! pages through the log with `read_range` and, when caught up, waits until the fanout sees a
 //! commit with an event it matches.
 
+use crate::encoded::{encode_batch, EncodedBatch, EncodedReadResponse, HeadField};
 use crate::fanout::Follow;
 use crate::outbox::{cut_by_size, BatchSizer, Sender, Stop};
 use std::sync::Arc;
@@ -18,17 +19,18 @@ pub(crate) struct Paging {
     pub max_message_bytes: usize,
 }
 
-/// Streams a read to its end. Each batch is a fresh read transaction; every message carries the
-/// read's head. A read that matches nothing still sends one message, to tell the head.
+/// Streams a read to its end. Each batch is a fresh read transaction, encoded into messages
+/// where it was read; every message carries the read's head. A read that matches nothing still
+/// sends one message, to tell the head.
 pub(crate) async fn read(
     store: Arc<Store>,
     mut reader: Reader,
     limited: bool,
     paging: Paging,
-    mut out: Sender<v1::ReadResponse>,
+    mut out: Sender<EncodedReadResponse>,
 ) -> Result<(), Status> {
     let mut sizer = BatchSizer::new(paging.batch_size, paging.max_message_bytes);
-    let mut sent_any = false;
+    let max_bytes = paging.max_message_bytes;
     let mut last_sent: Option<Position> = None;
     loop {
         if out.shutting_down() {
@@ -40,11 +42,11 @@ pub(crate) async fn read(
         } else if count <= INLINE_BATCH {
             // A first, small batch (all of a typical tag query) costs less here than the
             // hand-off to a read thread and back.
-            reader.next_batch(count).map(|b| b.map(to_wire))
+            next_encoded(&mut reader, count, limited, max_bytes)
         } else {
-            // Converting to wire messages is CPU work too: done on the read thread.
+            // Encoding is most of a long read's CPU: done on the read thread too.
             let (returned, batch) = blocking(move || {
-                let batch = reader.next_batch(count).map(|b| b.map(to_wire));
+                let batch = next_encoded(&mut reader, count, limited, max_bytes);
                 (reader, batch)
             })
             .await?;
@@ -52,28 +54,38 @@ pub(crate) async fn read(
             batch
         };
         let Some(batch) = batch.map_err(|e| failed(&store, e))? else {
-            if !sent_any {
-                let empty = v1::ReadResponse {
-                    events: Vec::new(),
-                    head: reader.head(),
-                };
+            if last_sent.is_none() {
+                let empty = EncodedReadResponse::head_only(reader.head());
                 send(&mut out, empty, last_sent).await?;
             }
             return Ok(());
         };
-        let head = reader.head();
-        let wire = batch;
-        sizer.observe(&wire);
-        for events in cut_by_size(wire, paging.max_message_bytes) {
-            let last = events.last().map(|e| e.position);
-            // With a limit the head is the last event returned so far: when a batch is cut
-            // into several messages, that is the last event of each message.
-            let head = if limited { last } else { head };
-            send(&mut out, v1::ReadResponse { events, head }, last_sent).await?;
-            sent_any = true;
-            last_sent = last;
+        sizer.observe_largest(Some(batch.largest));
+        for (message, last) in batch.messages {
+            send(&mut out, message, last_sent).await?;
+            last_sent = Some(last);
         }
     }
+}
+
+/// The reader's next batch of at most `count` events, encoded into messages.
+fn next_encoded(
+    reader: &mut Reader,
+    count: usize,
+    limited: bool,
+    max_bytes: usize,
+) -> Result<Option<EncodedBatch>, Error> {
+    let Some(events) = reader.next_batch(count)? else {
+        return Ok(None);
+    };
+    // With a limit the head is the last event returned so far: when a batch is cut into
+    // several messages, that is the last event of each message.
+    let head = if limited {
+        HeadField::LastEvent
+    } else {
+        HeadField::Fixed(reader.head())
+    };
+    Ok(Some(encode_batch(events, head, max_bytes)))
 }
 
 async fn send<T>(

@@ -468,6 +468,7 @@ fn open_error(path: &Path, e: heed::Error) -> Error {
     match e {
         heed::Error::Mdb(heed::MdbError::Invalid)
         | heed::Error::Mdb(heed::MdbError::Corrupted)
+        | heed::Error::Mdb(heed::MdbError::PageNotFound)
         | heed::Error::Mdb(heed::MdbError::Incompatible) => Error::Corruption(format!(
             "{} is not an UmaDB store or it is damaged ({e})",
             path.display()
