@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use umadb_core::{Position, Query, SequencedEvent, Store};
 
 /// The new events looked at in one step, at most.
@@ -21,6 +21,9 @@ const INLINE_STEP: u64 = 64;
 pub(crate) struct Fanout {
     store: Arc<Store>,
     state: Mutex<State>,
+    /// Wakes the task when a first subscription arrives; without any, it does not follow the
+    /// head at all, so commits cost nothing here.
+    first_subscriber: Notify,
 }
 
 #[derive(Default)]
@@ -88,6 +91,7 @@ impl Fanout {
                 seen,
                 ..State::default()
             }),
+            first_subscriber: Notify::new(),
         })
     }
 
@@ -99,6 +103,12 @@ impl Fanout {
     /// holds a matching event moves the watch.
     pub fn follow(self: &Arc<Self>, query: Arc<Query>) -> Follow {
         let mut state = self.state();
+        if state.subscribers.is_empty() {
+            // The task stopped following the head while nobody subscribed: whatever is
+            // committed now is this subscription's to read; only later commits are ours.
+            state.seen = state.seen.max(self.store.head().unwrap_or(0));
+            self.first_subscriber.notify_one();
+        }
         let id = state.next_id;
         state.next_id += 1;
         match keys(&query) {
@@ -144,6 +154,13 @@ impl Fanout {
         mut shutdown: watch::Receiver<bool>,
     ) {
         loop {
+            if self.state().subscribers.is_empty() {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.wait_for(|down| *down) => return,
+                    () = self.first_subscriber.notified() => {}
+                }
+            }
             let target = *head.borrow_and_update();
             tokio::select! {
                 biased;
@@ -323,5 +340,19 @@ mod tests {
         fanout.catch_up(head).await;
         let follow = fanout.follow(query(&["T"], &["x"]));
         assert_eq!(*follow.wake.borrow(), head);
+    }
+
+    #[tokio::test]
+    async fn a_first_subscription_starts_at_the_store_head_though_nobody_followed_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path().join("db")).expect("open"));
+        let fanout = Fanout::new(store.clone());
+        // Commits while nobody subscribes are not looked at.
+        let head = append(&store, "T", &["x"]);
+        let follow = fanout.follow(query(&["T"], &["x"]));
+        assert_eq!(*follow.wake.borrow(), head);
+        let next = append(&store, "T", &["x"]);
+        fanout.catch_up(next).await;
+        assert_eq!(*follow.wake.borrow(), next);
     }
 }
