@@ -18,35 +18,63 @@ pub fn check(db_path: &Path) -> ExitCode {
     if std::env::var_os(CHECK_WORKER).is_some() {
         return check_here(db_path);
     }
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(e) => {
-            eprintln!("umadb check: cannot find its own executable ({e}); checking in-process");
-            return check_here(db_path);
+    match run_checker(db_path) {
+        Ok((code, verdict)) => {
+            print!("{verdict}");
+            ExitCode::from(code)
         }
-    };
-    let status = std::process::Command::new(exe)
+        Err(e) => {
+            eprintln!("umadb check: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--verify-on-start`: verifies an existing store as `umadb check` does, before the server
+/// opens it. A damaged store is refused with the checker's report, so that a server never
+/// follows pointers in damaged pages it could have been warned about (it would crash).
+pub fn verify_before_serving(db_path: &Path) -> Result<(), String> {
+    if !db_path.join("data.mdb").is_file() {
+        return Ok(());
+    }
+    tracing::info!("verifying {} before serving it", db_path.display());
+    let started = std::time::Instant::now();
+    let (code, verdict) = run_checker(db_path)?;
+    if code == 0 {
+        tracing::info!("{} (in {:.1?})", verdict.trim_end(), started.elapsed());
+        return Ok(());
+    }
+    Err(format!(
+        "refusing to serve {}; restore it from a backup:\n{}",
+        db_path.display(),
+        verdict.trim_end()
+    ))
+}
+
+/// Runs the check in a child process (the checker's progress goes to stderr as it comes);
+/// returns its exit code (0 clean, 2 damaged, 1 other failures) and its verdict.
+fn run_checker(db_path: &Path) -> Result<(u8, String), String> {
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot find the umadb executable to run the checker: {e}"))?;
+    let output = std::process::Command::new(exe)
         .arg("check")
         .arg("--db-path")
         .arg(db_path)
         .env(CHECK_WORKER, "1")
-        .status();
-    match status {
-        Ok(status) => match status.code() {
-            Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-            None => {
-                println!(
-                    "DAMAGED: {}: reading the store crashed the checker ({}); LMDB's own page \
-                     structure is damaged. Restore from a backup.",
-                    db_path.display(),
-                    describe_signal(&status)
-                );
-                ExitCode::from(DAMAGED)
-            }
-        },
-        Err(e) => {
-            eprintln!("umadb check: cannot start the checker: {e}");
-            ExitCode::FAILURE
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot start the checker: {e}"))?;
+    let mut verdict = String::from_utf8_lossy(&output.stdout).into_owned();
+    match output.status.code() {
+        Some(code) => Ok((u8::try_from(code).unwrap_or(1), verdict)),
+        None => {
+            verdict.push_str(&format!(
+                "DAMAGED: {}: reading the store crashed the checker ({}); LMDB's own page \
+                 structure is damaged. Restore from a backup.\n",
+                db_path.display(),
+                describe_signal(&output.status)
+            ));
+            Ok((DAMAGED, verdict))
         }
     }
 }

@@ -84,6 +84,11 @@ struct ServeArgs {
     /// Most events one append may carry
     #[arg(long, env = "UMADB_MAX_EVENTS_PER_APPEND", default_value_t = Limits::default().max_events_per_append)]
     max_events_per_append: usize,
+
+    /// Verify the whole store (as `umadb check` does) before serving it, and refuse a damaged
+    /// one. Takes time in proportion to the store's size
+    #[arg(long, env = "UMADB_VERIFY_ON_START")]
+    verify_on_start: bool,
 }
 
 #[derive(Args, Debug)]
@@ -153,6 +158,12 @@ fn main() -> ExitCode {
         Some(Command::Check(args)) => return admin::check(&args.db_path),
         Some(Command::Backup(args)) => return admin::backup(&args.db_path, &args.to),
     };
+    if serve.verify_on_start {
+        if let Err(e) = admin::verify_before_serving(&serve.db_path) {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let config = match serve.into_config() {
         Ok(config) => config,
         Err(e) => {

@@ -227,6 +227,33 @@ async fn garbage_blocks_in_the_data_file_are_reported_and_never_served_as_valid_
                 }
             }
         };
+        // With --verify-on-start, a store check reports damaged is refused before it is opened,
+        // so the server cannot crash on it; a clean one is served.
+        match Umadb::try_spawn(&db, &["--verify-on-start"]) {
+            Err(log) => {
+                assert_eq!(
+                    code,
+                    Some(2),
+                    "trial {trial}: --verify-on-start refused a store check passes:\n{log}"
+                );
+                assert!(
+                    log.contains("refusing to serve") && log.contains("DAMAGED"),
+                    "trial {trial}: the refusal gives the checker's report:\n{log}"
+                );
+            }
+            Ok(server) => {
+                assert_eq!(
+                    code,
+                    Some(0),
+                    "trial {trial}: --verify-on-start served a store check reports damaged"
+                );
+                let mut client = server.client().await;
+                let (events, _) = read_all(&mut client, v1::ReadRequest::default())
+                    .await
+                    .expect("a verified store is served");
+                assert!(same_events(&events, &original), "trial {trial}");
+            }
+        }
         let first_line = report
             .lines()
             .find(|l| l.starts_with("OK") || l.starts_with("DAMAGED"))
