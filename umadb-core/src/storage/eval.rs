@@ -338,14 +338,19 @@ pub fn decode_bitmap(kind: Kind, id: u32, base: Position, bytes: &[u8]) -> Resul
     })
 }
 
-/// The newest chunk of a key: (base, offsets), if the key has any.
-pub fn load_latest_chunk(
+/// The newest chunk of a key as stored: (base, serialized offsets), if the key has any.
+pub fn load_latest_chunk_bytes(
     txn: &RoTxn,
     dbs: &Dbs,
     kind: Kind,
     id: u32,
-) -> Result<Option<(Position, RoaringBitmap)>> {
-    load_chunk_holding(txn, dbs, kind, id, Position::MAX)
+) -> Result<Option<(Position, Vec<u8>)>> {
+    let key = format::index_key(kind, id, Position::MAX);
+    let found = dbs
+        .index
+        .get_lower_than_or_equal_to(txn, &key)
+        .map_err(storage_error)?;
+    Ok(found.and_then(|(k, v)| format::index_key_base(k, kind, id).map(|base| (base, v.to_vec()))))
 }
 
 /// The chunk of a key that would hold `position`: (base, offsets).

@@ -4,6 +4,7 @@
 //! short read transactions; appends go to one writer thread that commits them in groups.
 
 mod check;
+mod chunk;
 mod eval;
 mod format;
 mod intern;

@@ -7,7 +7,7 @@
 
 use super::format::{self, Kind, MAX_CHUNK_BYTES, MAX_POSITION};
 use super::read::{matching_positions, stored_uuid};
-use super::{eval, intern, storage_error, tracking_position, Dbs, Job, Shared};
+use super::{chunk, eval, intern, storage_error, tracking_position, Dbs, Job, Shared};
 use crate::error::{Error, Result};
 use crate::types::{AppendCondition, AppendRequest, Event, Position};
 use heed::{PutFlags, RwTxn};
@@ -247,29 +247,36 @@ impl<'a> Group<'a> {
         let chunks = match self.dirty.entry((kind, id)) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
-                let latest = eval::load_latest_chunk(txn, self.dbs, kind, id)?;
+                let latest = eval::load_latest_chunk_bytes(txn, self.dbs, kind, id)?;
                 e.insert(DirtyKey {
                     full: Vec::new(),
-                    open: latest.map(|(base, bitmap)| DirtyChunk { base, bitmap }),
+                    open: latest.map(|(base, bytes)| DirtyChunk {
+                        base,
+                        form: Form::Stored(bytes),
+                    }),
                 })
             }
         };
-        chunks.add(position);
-        Ok(())
+        chunks.add(kind, id, position)
     }
 
     fn flush_indexes(&mut self, txn: &mut RwTxn) -> Result<()> {
         for ((kind, id), key) in self.dirty.iter_mut() {
             for chunk in key.full.iter_mut().chain(key.open.as_mut()) {
-                chunk.bitmap.optimize();
-                self.buf.clear();
-                chunk
-                    .bitmap
-                    .serialize_into(&mut self.buf)
-                    .map_err(|e| Error::Internal(format!("cannot encode an index chunk: {e}")))?;
+                let bytes = match &mut chunk.form {
+                    Form::Stored(bytes) => bytes.as_slice(),
+                    Form::Decoded(bitmap) => {
+                        bitmap.optimize();
+                        self.buf.clear();
+                        bitmap.serialize_into(&mut self.buf).map_err(|e| {
+                            Error::Internal(format!("cannot encode an index chunk: {e}"))
+                        })?;
+                        self.buf.as_slice()
+                    }
+                };
                 self.dbs
                     .index
-                    .put(txn, &format::index_key(*kind, *id, chunk.base), &self.buf)
+                    .put(txn, &format::index_key(*kind, *id, chunk.base), bytes)
                     .map_err(storage_error)?;
             }
         }
@@ -286,16 +293,32 @@ struct DirtyKey {
 
 struct DirtyChunk {
     base: Position,
-    bitmap: RoaringBitmap,
+    form: Form,
+}
+
+/// A chunk as read from the store, extended in place while that works (`chunk::append`), or
+/// decoded.
+enum Form {
+    Stored(Vec<u8>),
+    Decoded(RoaringBitmap),
 }
 
 impl DirtyKey {
-    fn add(&mut self, position: Position) {
+    fn add(&mut self, kind: Kind, id: u32, position: Position) -> Result<()> {
         if let Some(open) = &mut self.open {
             if let Ok(offset) = u32::try_from(position - open.base) {
+                if let Form::Stored(bytes) = &mut open.form {
+                    if chunk::append(bytes, offset, MAX_CHUNK_BYTES) {
+                        return Ok(());
+                    }
+                    let bitmap = eval::decode_bitmap(kind, id, open.base, bytes)?;
+                    open.form = Form::Decoded(bitmap);
+                }
                 if !open.is_full() {
-                    open.bitmap.insert(offset);
-                    return;
+                    if let Form::Decoded(bitmap) = &mut open.form {
+                        bitmap.insert(offset);
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -304,21 +327,25 @@ impl DirtyKey {
         bitmap.insert(0);
         let fresh = DirtyChunk {
             base: position,
-            bitmap,
+            form: Form::Decoded(bitmap),
         };
         if let Some(full) = self.open.replace(fresh) {
             self.full.push(full);
         }
+        Ok(())
     }
 }
 
 impl DirtyChunk {
     /// Full when its stored form would exceed MAX_CHUNK_BYTES even after compression.
     fn is_full(&mut self) -> bool {
-        if self.bitmap.serialized_size() < MAX_CHUNK_BYTES {
+        let Form::Decoded(bitmap) = &mut self.form else {
+            return false;
+        };
+        if bitmap.serialized_size() < MAX_CHUNK_BYTES {
             return false;
         }
-        self.bitmap.optimize();
-        self.bitmap.serialized_size() >= MAX_CHUNK_BYTES
+        bitmap.optimize();
+        bitmap.serialized_size() >= MAX_CHUNK_BYTES
     }
 }
