@@ -23,7 +23,8 @@ fn pool() -> &'static Pool {
         let threads = std::thread::available_parallelism()
             .map(usize::from)
             .unwrap_or(2)
-            .max(2);
+            .saturating_sub(1)
+            .max(1);
         for n in 0..threads {
             let receiver = receiver.clone();
             let spawned = std::thread::Builder::new()
