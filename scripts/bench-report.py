@@ -5,6 +5,7 @@ Each workload's JSON holds its runs with the median run first (umadb-bench --rep
 """
 
 import json
+import os
 import pathlib
 import sys
 
@@ -73,11 +74,13 @@ def main():
         + [f"| {a} | {b} | {c} | {verdict(d)} |" for a, b, c, d in rows]
     )
 
+    secs = os.environ.get("SECONDS_PER_RUN", "5")
     doc = f"""# Benchmarks
 
 Figures of the `umadb` server driven over gRPC by `umadb-bench` (in `benches/`), with the
 server and the load generator on the same machine, talking over loopback. Every workload is
-the median of 3 runs (`--repeat 3`); the sweeps and the growth curve are single runs. This
+the median of 3 runs (`--repeat 3`), and so is each point of the growth curve; the sweeps are
+single runs. Each run lasts {secs} seconds (`SECONDS_PER_RUN`, default 5). This
 machine is shared and noisy: compare figures taken in one run of the suite with each other,
 and treat single figures as indications.
 
@@ -107,12 +110,12 @@ than 10 events each.
 
 | workload | command |
 |---|---|
-| append, 1 client | `umadb-bench --repeat 3 append --clients 1 --seconds 5` |
-| append, 64 clients | `umadb-bench --repeat 3 append --clients 64 --seconds 5` |
-| conditional append, 64 clients | `umadb-bench --repeat 3 append --clients 64 --seconds 5 --conditional` |
-| 100 events per request, 8 clients | `umadb-bench --repeat 3 append --clients 8 --events-per-request 100 --seconds 5` |
-| tag-query reads, 64 clients | `umadb-bench --repeat 3 read --clients 64 --tag-query --seconds 5` |
-| whole-store read, 1 client | `umadb-bench --repeat 3 read --clients 1 --seconds 5` |
+| append, 1 client | `umadb-bench --repeat 3 append --clients 1 --seconds {secs}` |
+| append, 64 clients | `umadb-bench --repeat 3 append --clients 64 --seconds {secs}` |
+| conditional append, 64 clients | `umadb-bench --repeat 3 append --clients 64 --seconds {secs} --conditional` |
+| 100 events per request, 8 clients | `umadb-bench --repeat 3 append --clients 8 --events-per-request 100 --seconds {secs}` |
+| tag-query reads, 64 clients | `umadb-bench --repeat 3 read --clients 64 --tag-query --seconds {secs}` |
+| whole-store read, 1 client | `umadb-bench --repeat 3 read --clients 1 --seconds {secs}` |
 | writers alone / readers alone / both | `append --clients 8`, `read --clients 4`, `mixed --writers 8 --readers 4` |
 
 {table("append-1x1")}
@@ -128,7 +131,7 @@ than 10 events each.
 
 ## Sweeps over clients
 
-`umadb-bench sweep --workload append --max-clients 256 --seconds 5` (and `append-conditional`,
+`umadb-bench sweep --workload append --max-clients 256 --seconds {secs}` (and `append-conditional`,
 `read-tag-query`):
 
 {table("append")}
@@ -148,8 +151,9 @@ than 10 events each.
 
 ## Append rate against store size
 
-`umadb-bench growth --max-events 10000000 --step 1000000 --clients 64 --seconds 5` on a fresh
-store: prepopulate to each size, then 64 clients append for 5 seconds.
+`umadb-bench --repeat 3 growth --max-events 10000000 --step 1000000 --clients 64 --seconds {secs}` on a fresh
+store: prepopulate to each size, then 64 clients append for {secs} seconds, three times; the
+median run is shown.
 
 {table("growth")}
 

@@ -32,7 +32,7 @@ struct Cli {
     #[arg(long, global = true, default_value = "bench-results.json")]
     out: PathBuf,
     /// Run append/read/mixed this many times and report the median run (by events/s); every
-    /// run goes into the JSON.
+    /// run goes into the JSON. With growth: this many runs at each store size, the median kept.
     #[arg(long, global = true, default_value_t = 1)]
     repeat: usize,
     #[command(subcommand)]
@@ -193,17 +193,21 @@ async fn run(cli: Cli) -> Result<(), String> {
                 events_per_request: events_per_request.max(1),
                 conditional: false,
             };
-            vec![
-                workload::mixed(
-                    &target,
-                    writers,
-                    spec,
-                    readers,
-                    read_spec(tag_query, tags),
-                    seconds,
-                )
-                .await,
-            ]
+            let mut runs = Vec::new();
+            for _ in 0..cli.repeat.max(1) {
+                runs.push(
+                    workload::mixed(
+                        &target,
+                        writers,
+                        spec,
+                        readers,
+                        read_spec(tag_query, tags),
+                        seconds,
+                    )
+                    .await,
+                );
+            }
+            median_first(runs)
         }
         Command::Growth {
             max_events,
@@ -222,7 +226,14 @@ async fn run(cli: Cli) -> Result<(), String> {
             let mut size = step.max(1);
             while size <= max_events {
                 workload::prepopulate(&target, size, 5_000, max_events).await?;
-                let result = workload::append(&target, clients.max(1), spec, seconds).await;
+                let mut runs = Vec::new();
+                for _ in 0..cli.repeat.max(1) {
+                    runs.push(workload::append(&target, clients.max(1), spec, seconds).await);
+                }
+                // The median run stands for this size.
+                let Some(result) = median_first(runs).into_iter().next() else {
+                    return Err("no run at this store size".into());
+                };
                 eprintln!("at {size} events: {:.0} events/s", result.events_per_sec);
                 points.push((size, result.events_per_sec));
                 results.push(result);
