@@ -338,19 +338,21 @@ pub fn decode_bitmap(kind: Kind, id: u32, base: Position, bytes: &[u8]) -> Resul
     })
 }
 
-/// The newest chunk of a key as stored: (base, serialized offsets), if the key has any.
-pub fn load_latest_chunk_bytes(
-    txn: &RoTxn,
+/// The chunk of a key that would hold `position`, as stored: (base, serialized offsets).
+/// `Position::MAX` finds the key's newest chunk.
+pub fn stored_chunk_holding<'t>(
+    txn: &'t RoTxn,
     dbs: &Dbs,
     kind: Kind,
     id: u32,
-) -> Result<Option<(Position, Vec<u8>)>> {
-    let key = format::index_key(kind, id, Position::MAX);
+    position: Position,
+) -> Result<Option<(Position, &'t [u8])>> {
+    let key = format::index_key(kind, id, position);
     let found = dbs
         .index
         .get_lower_than_or_equal_to(txn, &key)
         .map_err(storage_error)?;
-    Ok(found.and_then(|(k, v)| format::index_key_base(k, kind, id).map(|base| (base, v.to_vec()))))
+    Ok(found.and_then(|(k, v)| format::index_key_base(k, kind, id).map(|base| (base, v))))
 }
 
 /// The chunk of a key that would hold `position`: (base, offsets).
@@ -361,16 +363,8 @@ pub fn load_chunk_holding(
     id: u32,
     position: Position,
 ) -> Result<Option<(Position, RoaringBitmap)>> {
-    let key = format::index_key(kind, id, position);
-    let found = dbs
-        .index
-        .get_lower_than_or_equal_to(txn, &key)
-        .map_err(storage_error)?;
-    match found {
-        Some((k, v)) => match format::index_key_base(k, kind, id) {
-            Some(base) => Ok(Some((base, decode_bitmap(kind, id, base, v)?))),
-            None => Ok(None),
-        },
+    match stored_chunk_holding(txn, dbs, kind, id, position)? {
+        Some((base, bytes)) => Ok(Some((base, decode_bitmap(kind, id, base, bytes)?))),
         None => Ok(None),
     }
 }

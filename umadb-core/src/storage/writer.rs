@@ -247,12 +247,12 @@ impl<'a> Group<'a> {
         let chunks = match self.dirty.entry((kind, id)) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
-                let latest = eval::load_latest_chunk_bytes(txn, self.dbs, kind, id)?;
+                let latest = eval::stored_chunk_holding(txn, self.dbs, kind, id, Position::MAX)?;
                 e.insert(DirtyKey {
                     full: Vec::new(),
                     open: latest.map(|(base, bytes)| DirtyChunk {
                         base,
-                        form: Form::Stored(bytes),
+                        form: Form::Stored(bytes.to_vec()),
                     }),
                 })
             }
