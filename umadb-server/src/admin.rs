@@ -95,12 +95,23 @@ fn check_here(db_path: &Path) -> ExitCode {
         eprintln!("no UmaDB store at {} (no data.mdb)", db_path.display());
         return ExitCode::FAILURE;
     }
+    eprintln!("checking {} …", db_path.display());
     // The store exists: any failure to open or read it means it cannot be trusted.
     let store = match Store::open(db_path) {
         Ok(store) => store,
         Err(e) => return damaged(db_path, &e),
     };
-    eprintln!("checking {} …", db_path.display());
+    match store.page_summary() {
+        Some(pages) if pages.conclusive => eprintln!(
+            "  LMDB page structure sound: {} pages of {} bytes reached, no page twice",
+            pages.pages, pages.page_size
+        ),
+        Some(_) => eprintln!(
+            "  LMDB page structure: the walk did not settle, another process kept appending; \
+             the record check below still covers every event"
+        ),
+        None => {}
+    }
     let report = store.check(|events| eprintln!("  {events} events checked"));
     match report {
         Ok(report) if report.is_ok() => {

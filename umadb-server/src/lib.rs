@@ -164,10 +164,26 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         None => None,
     };
     let db_path = config.db_path.clone();
+    let opening = std::time::Instant::now();
     let store = tokio::task::spawn_blocking(move || Store::open(db_path))
         .await
         .map_err(|e| ServerError::Store(umadb_core::Error::Internal(e.to_string())))?
         .map_err(ServerError::Store)?;
+    match store.page_summary() {
+        Some(pages) if !pages.conclusive => tracing::warn!(
+            "opened {}, but another process kept appending to it while its LMDB page structure \
+             was walked, so the walk is not conclusive",
+            config.db_path.display()
+        ),
+        Some(pages) => tracing::info!(
+            "opened {} in {:.2?}: its LMDB page structure is sound ({} pages walked), head {}",
+            config.db_path.display(),
+            opening.elapsed(),
+            pages.pages,
+            store.head().unwrap_or(0)
+        ),
+        None => tracing::info!("created a new store at {}", config.db_path.display()),
+    }
     let store = Arc::new(store);
     let (head_tx, head_rx) = watch::channel(store.head().unwrap_or(0));
     store.on_commit(move |head| {
