@@ -168,6 +168,9 @@ struct Walk<'a> {
     /// One bit per page of the file: reached already.
     seen: Vec<u64>,
     seen_past_end: HashSet<u64>,
+    /// Every tree page reached and its flags, for tests that damage pages in use.
+    #[cfg(test)]
+    reached: Vec<(u64, u16)>,
     pages: u64,
     problems: Vec<String>,
     problem_count: usize,
@@ -186,6 +189,8 @@ impl<'a> Walk<'a> {
             last_page: 0,
             seen: Vec::new(),
             seen_past_end: HashSet::new(),
+            #[cfg(test)]
+            reached: Vec::new(),
             pages: 0,
             problems: Vec::new(),
             problem_count: 0,
@@ -438,6 +443,8 @@ impl<'a> Walk<'a> {
         let is_leaf = level == depth;
         let expected = if is_leaf { P_LEAF } else { P_BRANCH };
         let flags = u16_at(&page, 10);
+        #[cfg(test)]
+        self.reached.push((number, flags));
         if u64_at(&page, 0) != number || flags & PAGE_TYPE != expected {
             self.problem(format!(
                 "{label}: page {number} (level {level} of {depth}) carries page number {} and \
@@ -563,6 +570,8 @@ impl<'a> Walk<'a> {
         let needed = ((PAGE_HEADER - 1 + len) / self.page_size + 1) as u64;
         let header = self.read_at(first * self.page_size as u64, PAGE_HEADER)?;
         let (flags, pages) = (u16_at(&header, 10), u32_at(&header, 12) as u64);
+        #[cfg(test)]
+        self.reached.push((first, flags));
         if u64_at(&header, 0) != first || flags & PAGE_TYPE != P_OVERFLOW || pages < needed {
             self.problem(format!(
                 "{label}: overflow page {first} carries page number {}, flags {flags:#x} and \
@@ -677,14 +686,22 @@ mod tests {
         }
     }
 
-    /// Pages of the file whose header carries their own number and has one of `flags`.
-    fn pages_with(bytes: &[u8], flags: u16) -> Vec<usize> {
-        (2..bytes.len() / PAGE)
-            .filter(|&n| {
-                let page = &bytes[n * PAGE..];
-                u64_at(page, 0) == n as u64 && u16_at(page, 10) & flags != 0
-            })
-            .collect()
+    /// Pages in use (reached from the newest meta page) with one of `flags`; free pages may
+    /// hold stale copies that nothing reads.
+    fn pages_with(path: &Path, flags: u16) -> Vec<usize> {
+        let data = path.join("data.mdb");
+        let file = File::open(&data).expect("open data file");
+        let mut walk = Walk::new(&file, &data).expect("walk");
+        let meta = walk.read_metas().expect("read").expect("meta pages");
+        walk.walk_all(&meta).expect("walk");
+        let mut pages: Vec<usize> = walk
+            .reached
+            .iter()
+            .filter(|(_, f)| f & flags != 0)
+            .map(|&(n, _)| n as usize)
+            .collect();
+        pages.sort();
+        pages
     }
 
     /// Offset in the file of node `i` of page `n`.
@@ -704,8 +721,8 @@ mod tests {
         assert_eq!(summary.page_size, PAGE as u32);
         assert_eq!(summary.pages, file_pages, "every page is in use or free");
         let bytes = data_file(&path);
-        assert!(!pages_with(&bytes, P_BRANCH).is_empty());
-        assert!(!pages_with(&bytes, P_OVERFLOW).is_empty());
+        assert!(!pages_with(&path, P_BRANCH).is_empty());
+        assert!(!pages_with(&path, P_OVERFLOW).is_empty());
         // Reopened, it reports the same walk and reads back whole.
         let store = Store::open(&path).expect("reopen");
         assert_eq!(store.page_summary(), Some(summary));
@@ -717,7 +734,7 @@ mod tests {
     fn a_branch_pointing_outside_the_store_or_back_into_the_tree_is_refused() {
         let (_dir, path) = sample_store();
         let pristine = data_file(&path);
-        let branch = pages_with(&pristine, P_BRANCH)[0];
+        let branch = pages_with(&path, P_BRANCH)[0];
         let child_lo = node_at(&pristine, branch, 1);
 
         let mut bytes = pristine.clone();
@@ -737,7 +754,7 @@ mod tests {
     fn a_node_or_free_space_reaching_past_its_page_is_refused() {
         let (_dir, path) = sample_store();
         let pristine = data_file(&path);
-        let leaf = pages_with(&pristine, P_LEAF)[3];
+        let leaf = pages_with(&path, P_LEAF)[3];
 
         let mut bytes = pristine.clone();
         put_u16(&mut bytes, node_at(&pristine, leaf, 0) + 6, 600);
@@ -764,13 +781,13 @@ mod tests {
     fn damaged_meta_pages_overflow_runs_and_a_short_file_are_refused() {
         let (_dir, path) = sample_store();
         let pristine = data_file(&path);
+        let overflow = pages_with(&path, P_OVERFLOW)[0];
 
         let mut bytes = pristine.clone();
         bytes[PAGE + PAGE_HEADER] ^= 0xff;
         let message = walk_damaged(&path, &bytes);
         assert!(message.contains("meta page 1 has magic"), "{message}");
 
-        let overflow = pages_with(&pristine, P_OVERFLOW)[0];
         let mut bytes = pristine.clone();
         bytes[overflow * PAGE + 12] = 0;
         let message = walk_damaged(&path, &bytes);
