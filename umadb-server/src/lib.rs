@@ -172,9 +172,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     match store.page_summary() {
         Some(pages) if !pages.conclusive => tracing::warn!(
             "opened {}, but another process kept appending to it while its LMDB page structure \
-             was walked, so the walk is not conclusive",
+             was walked, so the walk was not conclusive",
             config.db_path.display()
         ),
+        Some(pages) if pages.pages == 0 => {
+            tracing::info!("created a new store at {}", config.db_path.display())
+        }
         Some(pages) => tracing::info!(
             "opened {} in {:.2?}: its LMDB page structure is sound ({} pages walked), head {}",
             config.db_path.display(),
@@ -182,7 +185,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             pages.pages,
             store.head().unwrap_or(0)
         ),
-        None => tracing::info!("created a new store at {}", config.db_path.display()),
+        None => tracing::info!(
+            "opened {}, head {}",
+            config.db_path.display(),
+            store.head().unwrap_or(0)
+        ),
     }
     let store = Arc::new(store);
     let (head_tx, head_rx) = watch::channel(store.head().unwrap_or(0));

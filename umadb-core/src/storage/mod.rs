@@ -159,7 +159,7 @@ impl Store {
             ))
         })?;
         let data_file = path.join("data.mdb");
-        let pages = if options.verify_pages && data_file.exists() {
+        let pages = if options.verify_pages && pages::LAYOUT_KNOWN && data_file.exists() {
             Some(pages::verify(&data_file)?)
         } else {
             None

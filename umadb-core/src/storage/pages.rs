@@ -54,6 +54,9 @@ const F_SUBDATA: u16 = 0x02;
 
 /// Problems named in an error at most.
 const MAX_LISTED: usize = 10;
+/// The layout constants here are those of 64-bit little-endian builds of LMDB.
+pub(crate) const LAYOUT_KNOWN: bool =
+    cfg!(all(target_pointer_width = "64", target_endian = "little"));
 /// Walks of a store another process keeps changing, before giving up on a conclusive one.
 const ATTEMPTS: u32 = 5;
 
@@ -78,10 +81,25 @@ pub struct PageSummary {
 pub fn verify(path: &Path) -> Result<PageSummary> {
     let file =
         File::open(path).map_err(|e| Error::Io(format!("cannot open {}: {e}", path.display())))?;
+    if !LAYOUT_KNOWN {
+        return Err(Error::InvalidArgument(
+            "walking LMDB's pages needs a 64-bit little-endian build".into(),
+        ));
+    }
     let mut attempt = 0;
     loop {
         attempt += 1;
         let mut walk = Walk::new(&file, path)?;
+        if walk.file_len == 0 {
+            // LMDB initializes an empty data file as a new environment (a crash can leave one
+            // between creating the file and writing its meta pages): nothing to walk.
+            return Ok(PageSummary {
+                pages: 0,
+                page_size: 0,
+                txn_id: 0,
+                conclusive: true,
+            });
+        }
         let Some(meta) = walk.read_metas()? else {
             return Err(walk.damaged(path));
         };
@@ -720,7 +738,6 @@ mod tests {
         let file_pages = (data_file(&path).len() / PAGE) as u64;
         assert_eq!(summary.page_size, PAGE as u32);
         assert_eq!(summary.pages, file_pages, "every page is in use or free");
-        let bytes = data_file(&path);
         assert!(!pages_with(&path, P_BRANCH).is_empty());
         assert!(!pages_with(&path, P_OVERFLOW).is_empty());
         // Reopened, it reports the same walk and reads back whole.
@@ -728,6 +745,27 @@ mod tests {
         assert_eq!(store.page_summary(), Some(summary));
         let (events, head) = store.read_all(ReadRequest::default()).expect("read");
         assert_eq!((events.len(), head), (3000, Some(3000)));
+    }
+
+    #[test]
+    fn an_empty_data_file_is_a_new_store_as_lmdb_treats_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("data.mdb"), b"").unwrap();
+        assert_eq!(Store::verify_pages(&path).expect("walk").pages, 0);
+        let store = Store::open(&path).expect("opened as a new store");
+        store
+            .append(AppendRequest {
+                events: vec![Event::new("E", ["t"], b"x".to_vec())],
+                ..Default::default()
+            })
+            .expect("append");
+        drop(store);
+        assert!(Store::verify_pages(&path).expect("walk").pages > 2);
+        // A file too short for a meta page is not empty: LMDB refuses it, and so does the walk.
+        std::fs::write(path.join("data.mdb"), [0u8; 100]).unwrap();
+        assert!(matches!(Store::open(&path), Err(Error::Corruption(_))));
     }
 
     #[test]
