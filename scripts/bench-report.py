@@ -116,6 +116,7 @@ than 10 events each.
 | 100 events per request, 8 clients | `umadb-bench --repeat 3 append --clients 8 --events-per-request 100 --seconds {secs}` |
 | tag-query reads, 64 clients | `umadb-bench --repeat 3 read --clients 64 --tag-query --seconds {secs}` |
 | whole-store read, 1 client | `umadb-bench --repeat 3 read --clients 1 --seconds {secs}` |
+| subscription catching up from the start, 1 client | `umadb-bench --repeat 3 read --clients 1 --catch-up --seconds {secs}` |
 | writers alone / readers alone / both | `append --clients 8`, `read --clients 4`, `mixed --writers 8 --readers 4` |
 
 {table("append-1x1")}
@@ -125,6 +126,7 @@ than 10 events each.
 {table("append-8x100").splitlines()[-1]}
 {table("read-tag-query-64").splitlines()[-1]}
 {table("read-whole-store-1").splitlines()[-1]}
+{table("read-catch-up-1").splitlines()[-1]}
 {table("append-8x1-alone").splitlines()[-1]}
 {table("read-whole-store-4-alone").splitlines()[-1]}
 {chr(10).join(table("mixed-8w-4r").splitlines()[2:])}

@@ -246,6 +246,9 @@ pub enum ReadSpec {
     WholeStore,
     /// Read all events of a random tag of the prepopulated log (`tags` distinct tags).
     TagQuery { tags: u64 },
+    /// Catch up as an event processor does: `Subscribe` from the start and read until the
+    /// head of when the subscription began, then cancel it.
+    CatchUp,
 }
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
@@ -324,8 +327,14 @@ async fn read_client(target: Target, spec: ReadSpec, deadline: Instant, client_i
     };
     let mut k = client_id as u64 * 7919;
     while Instant::now() < deadline {
+        if let ReadSpec::CatchUp = spec {
+            let t = Instant::now();
+            let result = catch_up(&target, &mut client).await;
+            tally.record(t, result);
+            continue;
+        }
         let query = match spec {
-            ReadSpec::WholeStore => None,
+            ReadSpec::WholeStore | ReadSpec::CatchUp => None,
             ReadSpec::TagQuery { tags } => {
                 k = (k + 104_729) % tags.max(1);
                 Some(v1::Query {
@@ -349,6 +358,38 @@ async fn read_client(target: Target, spec: ReadSpec, deadline: Instant, client_i
         tally.record(t, result);
     }
     tally
+}
+
+/// Subscribes from the start and reads until the head of when it began; the events read.
+async fn catch_up(target: &Target, client: &mut DcbClient<Channel>) -> Result<u64, String> {
+    let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
+    let head = client
+        .head(target.request(v1::HeadRequest {}))
+        .await
+        .map_err(status)?
+        .into_inner()
+        .position
+        .unwrap_or(0);
+    let request = target.request(v1::SubscribeRequest {
+        query: None,
+        after: None,
+        batch_size: None,
+    });
+    let mut stream = client
+        .subscribe(request)
+        .await
+        .map_err(status)?
+        .into_inner();
+    let mut events = 0;
+    while events < head {
+        let Some(response) = stream.message().await.map_err(status)? else {
+            return Err(format!(
+                "the subscription ended after {events} of {head} events"
+            ));
+        };
+        events += response.events.len() as u64;
+    }
+    Ok(events)
 }
 
 async fn read_to_end(
@@ -391,6 +432,7 @@ pub async fn read(target: &Target, clients: usize, spec: ReadSpec, seconds: u64)
     let name = match spec {
         ReadSpec::WholeStore => "read-whole-store",
         ReadSpec::TagQuery { .. } => "read-tag-query",
+        ReadSpec::CatchUp => "subscribe-catch-up",
     };
     let (elapsed, tallies) = run_clients(
         &format!("{name} x{clients}"),

@@ -1,15 +1,19 @@
-//! The Read RPC with its responses encoded to protobuf where they are produced — on the read
-//! threads, for all but a read's first small batch — instead of by tonic on the async threads.
+//! The streaming RPCs (`Read` and `Subscribe`) with their responses encoded to protobuf where
+//! they are produced — on the read threads, for all but small batches — instead of by tonic on
+//! the async threads.
 //!
-//! Encoding is most of what streaming a long read costs the server. Done by tonic, it ran on the
-//! async worker threads at the priority of appends, so a few readers of the whole store slowed
-//! every writer. [`ReadRoute`] serves `/umadb.v1.DCB/Read` itself, with a codec that sends the
-//! bytes as they are; every other path goes to the generated service. The bytes are exactly a
-//! `umadb.v1.ReadResponse` as prost writes it (the tests decode them with prost).
+//! Encoding is most of what streaming events costs the server. Done by tonic, it ran on the
+//! async worker threads at the priority of appends, so a few readers of the whole store (or
+//! subscribers catching up) slowed every writer. [`EncodedRoutes`] serves `/umadb.v1.DCB/Read`
+//! and `/umadb.v1.DCB/Subscribe` itself, with a codec that sends the bytes as they are; every
+//! other path goes to the generated service. The bytes are exactly a `umadb.v1.ReadResponse`
+//! or `umadb.v1.SubscribeResponse` as prost writes it (the tests decode them with prost): both
+//! messages keep their events in field 1, and only `ReadResponse` has a head (field 2).
 
 use crate::service::DcbService;
 use prost::Message;
 use std::convert::Infallible;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tonic::body::Body;
@@ -20,19 +24,13 @@ use tonic::Status;
 use umadb_core::{Position, SequencedEvent};
 use umadb_proto::v1;
 
-/// One `umadb.v1.ReadResponse`, encoded.
-pub(crate) struct EncodedReadResponse(Vec<u8>);
+/// One `umadb.v1.ReadResponse` or `umadb.v1.SubscribeResponse`, encoded.
+pub(crate) struct EncodedResponse(Vec<u8>);
 
-impl EncodedReadResponse {
-    /// A message of wire events; its head is the last event's position.
-    pub fn of_wire(events: Vec<v1::SequencedEvent>) -> Self {
-        let head = events.last().map(|e| e.position);
-        EncodedReadResponse(v1::ReadResponse { events, head }.encode_to_vec())
-    }
-
-    /// A message without events, telling only the head.
+impl EncodedResponse {
+    /// A `ReadResponse` without events, telling only the head.
     pub fn head_only(head: Option<Position>) -> Self {
-        EncodedReadResponse(
+        EncodedResponse(
             v1::ReadResponse {
                 events: Vec::new(),
                 head,
@@ -45,18 +43,29 @@ impl EncodedReadResponse {
 /// What each message of a batch says its head is.
 #[derive(Clone, Copy)]
 pub(crate) enum HeadField {
-    /// The same head in every message (a read without a limit: the head when it began).
+    /// The same head in every message (a read without a limit: the head when it began), or
+    /// none (`None`: a `SubscribeResponse`, which has no head).
     Fixed(Option<Position>),
-    /// The position of the message's own last event (a read with a limit).
+    /// The position of the message's own last event (a read with a limit, or a subscribing
+    /// read).
     LastEvent,
 }
 
 /// A batch of events encoded into messages.
 pub(crate) struct EncodedBatch {
     /// Each message with the position of its last event.
-    pub messages: Vec<(EncodedReadResponse, Position)>,
+    pub messages: Vec<(EncodedResponse, Position)>,
+    /// Events in all the messages.
+    pub events: usize,
     /// Bytes the largest event took in its message.
     pub largest: usize,
+}
+
+impl EncodedBatch {
+    /// Position of the batch's last event.
+    pub fn last(&self) -> Option<Position> {
+        self.messages.last().map(|&(_, last)| last)
+    }
 }
 
 /// Encodes `events` into messages of at most `max_bytes` (an event larger than that goes
@@ -68,6 +77,7 @@ pub(crate) fn encode_batch(
 ) -> EncodedBatch {
     let mut batch = EncodedBatch {
         messages: Vec::new(),
+        events: events.len(),
         largest: 0,
     };
     let mut buf = Vec::new();
@@ -91,7 +101,7 @@ pub(crate) fn encode_batch(
     batch
 }
 
-fn finish(mut buf: Vec<u8>, last: Position, head: HeadField) -> (EncodedReadResponse, Position) {
+fn finish(mut buf: Vec<u8>, last: Position, head: HeadField) -> (EncodedResponse, Position) {
     let head = match head {
         HeadField::Fixed(head) => head,
         HeadField::LastEvent => Some(last),
@@ -99,19 +109,19 @@ fn finish(mut buf: Vec<u8>, last: Position, head: HeadField) -> (EncodedReadResp
     if let Some(head) = head {
         prost::encoding::uint64::encode(2, &head, &mut buf);
     }
-    (EncodedReadResponse(buf), last)
+    (EncodedResponse(buf), last)
 }
 
-/// Sends encoded responses as they are; decodes `ReadRequest`s as the generated code does.
-#[derive(Default)]
-struct ReadCodec;
+/// Sends encoded responses as they are; decodes requests of type `R` as the generated code
+/// does.
+struct EncodedCodec<R>(PhantomData<R>);
 
 struct BytesEncoder;
 
-struct RequestDecoder;
+struct RequestDecoder<R>(PhantomData<R>);
 
 impl Encoder for BytesEncoder {
-    type Item = EncodedReadResponse;
+    type Item = EncodedResponse;
     type Error = Status;
 
     fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
@@ -120,72 +130,99 @@ impl Encoder for BytesEncoder {
     }
 }
 
-impl Decoder for RequestDecoder {
-    type Item = v1::ReadRequest;
+impl<R: Message + Default> Decoder for RequestDecoder<R> {
+    type Item = R;
     type Error = Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
         // INTERNAL without details, as tonic reports undecodable requests: `wire_errors`
         // turns it into the SERIALIZATION error of DESIGN.md.
-        v1::ReadRequest::decode(src)
+        R::decode(src)
             .map(Some)
             .map_err(|e| Status::internal(e.to_string()))
     }
 }
 
-impl Codec for ReadCodec {
-    type Encode = EncodedReadResponse;
-    type Decode = v1::ReadRequest;
+impl<R: Message + Default + Send + 'static> Codec for EncodedCodec<R> {
+    type Encode = EncodedResponse;
+    type Decode = R;
     type Encoder = BytesEncoder;
-    type Decoder = RequestDecoder;
+    type Decoder = RequestDecoder<R>;
 
     fn encoder(&mut self) -> Self::Encoder {
         BytesEncoder
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        RequestDecoder
+        RequestDecoder(PhantomData)
     }
 }
 
-struct ReadHandler(Arc<DcbService>);
+/// Calls `handle` on the service with each request of type `R`.
+struct Handler<R> {
+    dcb: Arc<DcbService>,
+    handle: fn(&DcbService, tonic::Request<R>) -> Result<tonic::Response<Outbox>, Status>,
+}
 
-impl ServerStreamingService<v1::ReadRequest> for ReadHandler {
-    type Response = EncodedReadResponse;
-    type ResponseStream = crate::outbox::Outbox<EncodedReadResponse>;
+type Outbox = crate::outbox::Outbox<EncodedResponse>;
+
+impl<R: Send + 'static> ServerStreamingService<R> for Handler<R> {
+    type Response = EncodedResponse;
+    type ResponseStream = Outbox;
     type Future = BoxFuture<tonic::Response<Self::ResponseStream>, Status>;
 
-    fn call(&mut self, request: tonic::Request<v1::ReadRequest>) -> Self::Future {
-        let dcb = self.0.clone();
-        Box::pin(async move { dcb.read_encoded(request) })
+    fn call(&mut self, request: tonic::Request<R>) -> Self::Future {
+        let (dcb, handle) = (self.dcb.clone(), self.handle);
+        Box::pin(async move { handle(&dcb, request) })
     }
 }
 
 const READ_PATH: &str = "/umadb.v1.DCB/Read";
+const SUBSCRIBE_PATH: &str = "/umadb.v1.DCB/Subscribe";
 
-/// Serves `Read` with [`ReadCodec`]; passes every other request to `inner`.
+/// Serves `Read` and `Subscribe` with [`EncodedCodec`]; passes every other request to `inner`.
 #[derive(Clone)]
-pub(crate) struct ReadRoute<S> {
+pub(crate) struct EncodedRoutes<S> {
     inner: S,
     dcb: Arc<DcbService>,
     max_message_bytes: usize,
 }
 
-impl<S> ReadRoute<S> {
+impl<S> EncodedRoutes<S> {
     pub fn new(inner: S, dcb: Arc<DcbService>, max_message_bytes: usize) -> Self {
-        ReadRoute {
+        EncodedRoutes {
             inner,
             dcb,
             max_message_bytes,
         }
     }
+
+    fn serve<R>(
+        &self,
+        handle: fn(&DcbService, tonic::Request<R>) -> Result<tonic::Response<Outbox>, Status>,
+        request: http::Request<Body>,
+    ) -> BoxFuture<http::Response<Body>, Infallible>
+    where
+        R: Message + Default + Send + 'static,
+    {
+        let handler = Handler {
+            dcb: self.dcb.clone(),
+            handle,
+        };
+        let max = self.max_message_bytes;
+        Box::pin(async move {
+            let mut grpc = Grpc::new(EncodedCodec::<R>(PhantomData))
+                .apply_max_message_size_config(Some(max), None);
+            Ok(grpc.server_streaming(handler, request).await)
+        })
+    }
 }
 
-impl<S: NamedService> NamedService for ReadRoute<S> {
+impl<S: NamedService> NamedService for EncodedRoutes<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S> Service<http::Request<Body>> for ReadRoute<S>
+impl<S> Service<http::Request<Body>> for EncodedRoutes<S>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
     S::Future: Send + 'static,
@@ -199,15 +236,11 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if request.uri().path() != READ_PATH {
-            return Box::pin(self.inner.call(request));
+        match request.uri().path() {
+            READ_PATH => self.serve(DcbService::read_encoded, request),
+            SUBSCRIBE_PATH => self.serve(DcbService::subscribe_encoded, request),
+            _ => Box::pin(self.inner.call(request)),
         }
-        let handler = ReadHandler(self.dcb.clone());
-        let max = self.max_message_bytes;
-        Box::pin(async move {
-            let mut grpc = Grpc::new(ReadCodec).apply_max_message_size_config(Some(max), None);
-            Ok(grpc.server_streaming(handler, request).await)
-        })
     }
 }
 
@@ -226,7 +259,7 @@ mod tests {
         }
     }
 
-    fn decode(message: &EncodedReadResponse) -> v1::ReadResponse {
+    fn decode(message: &EncodedResponse) -> v1::ReadResponse {
         v1::ReadResponse::decode(message.0.as_slice()).expect("a valid ReadResponse")
     }
 
@@ -241,6 +274,18 @@ mod tests {
         };
         assert_eq!(batch.messages[0].0 .0, expected.encode_to_vec());
         assert_eq!(batch.messages[0].1, 5);
+    }
+
+    #[test]
+    fn without_a_head_messages_are_exactly_what_prost_encodes_for_a_subscribe_response() {
+        let events: Vec<_> = (1..=5).map(|p| event(p, 10)).collect();
+        let batch = encode_batch(events.clone(), HeadField::Fixed(None), 1 << 20);
+        let expected = v1::SubscribeResponse {
+            events: events.into_iter().map(Into::into).collect(),
+        };
+        assert_eq!(batch.messages.len(), 1);
+        assert_eq!(batch.messages[0].0 .0, expected.encode_to_vec());
+        assert_eq!((batch.events, batch.last()), (5, Some(5)));
     }
 
     #[test]

@@ -246,7 +246,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let dcb =
         DcbServer::from_arc(service.clone()).max_decoding_message_size(limits.max_message_bytes);
     // Read is served with responses encoded where they are read (see `encoded`).
-    let dcb = encoded::ReadRoute::new(dcb, service, limits.max_message_bytes);
+    let dcb = encoded::EncodedRoutes::new(dcb, service, limits.max_message_bytes);
     let dcb = wire_errors::WireErrors::new(dcb, limits.max_message_bytes);
     // The key check runs first, before the request is even decoded.
     let dcb = InterceptedService::new(dcb, auth::ApiKeys::new(&config.api_keys));

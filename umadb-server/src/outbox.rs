@@ -1,14 +1,13 @@
 //! The response side of a streaming call: a small bounded queue filled by a task, and the
-//! helpers that cut events into messages that stay under the clients' 4 MiB decode limit.
+//! choice of how many events to read per batch (`encoded::encode_batch` cuts a batch into
+//! messages that stay under the clients' 4 MiB decode limit).
 
-use prost::Message;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::Stream;
 use tonic::Status;
-use umadb_proto::v1;
 
 /// Messages buffered per stream. A stalled client parks its producer task once this is full,
 /// so its memory stays bounded (about this many response messages, plus the one in the
@@ -108,36 +107,6 @@ impl<T> Stream for Outbox<T> {
     }
 }
 
-/// Bytes `event` adds to a message's repeated `events` field (tag, length, body).
-fn field_len(event: &v1::SequencedEvent) -> usize {
-    let len = event.encoded_len();
-    1 + prost::length_delimiter_len(len) + len
-}
-
-/// Cuts `events` into runs whose encoded size stays within `max_bytes`; an event larger than
-/// that goes alone.
-pub(crate) fn cut_by_size(
-    events: Vec<v1::SequencedEvent>,
-    max_bytes: usize,
-) -> Vec<Vec<v1::SequencedEvent>> {
-    let mut messages = Vec::new();
-    let mut current = Vec::new();
-    let mut current_bytes = 0;
-    for event in events {
-        let len = field_len(&event);
-        if !current.is_empty() && current_bytes + len > max_bytes {
-            messages.push(std::mem::take(&mut current));
-            current_bytes = 0;
-        }
-        current_bytes += len;
-        current.push(event);
-    }
-    if !current.is_empty() {
-        messages.push(current);
-    }
-    messages
-}
-
 /// Chooses how many events to fetch per batch so a batch of large events holds about
 /// `target_bytes`, while small events come `max` at a time. Sizes are unknown before the first
 /// batch, so batches start small and double until they reach `max`.
@@ -169,11 +138,7 @@ impl BatchSizer {
         by_size.min(self.ramp).clamp(1, self.max)
     }
 
-    pub fn observe(&mut self, events: &[v1::SequencedEvent]) {
-        self.observe_largest(events.iter().map(field_len).max());
-    }
-
-    /// Like `observe`, given the bytes the batch's largest event took in its message.
+    /// Learns from a batch: the bytes its largest event took in its message, if it had any.
     pub fn observe_largest(&mut self, largest: Option<usize>) {
         if let Some(largest) = largest {
             self.largest = Some(largest);
@@ -186,54 +151,13 @@ impl BatchSizer {
 mod tests {
     use super::*;
 
-    fn event(position: u64, data_len: usize) -> v1::SequencedEvent {
-        v1::SequencedEvent {
-            position,
-            event: Some(v1::Event {
-                event_type: "T".into(),
-                data: vec![7; data_len],
-                ..Default::default()
-            }),
-            tracking_info: None,
-        }
-    }
-
-    #[test]
-    fn messages_stay_under_the_byte_limit_and_keep_order() {
-        let events: Vec<_> = (1..=100).map(|p| event(p, 1000)).collect();
-        let messages = cut_by_size(events, 10_000);
-        assert!(messages.len() > 1);
-        let mut next = 1;
-        for message in &messages {
-            let bytes = v1::ReadResponse {
-                events: message.clone(),
-                head: Some(100),
-            }
-            .encoded_len();
-            assert!(bytes <= 10_000 + 16, "message of {bytes} bytes");
-            for e in message {
-                assert_eq!(e.position, next);
-                next += 1;
-            }
-        }
-        assert_eq!(next, 101);
-    }
-
-    #[test]
-    fn an_event_larger_than_the_limit_goes_alone() {
-        let events = vec![event(1, 10), event(2, 50_000), event(3, 10)];
-        let messages = cut_by_size(events, 10_000);
-        let sizes: Vec<_> = messages.iter().map(Vec::len).collect();
-        assert_eq!(sizes, vec![1, 1, 1]);
-    }
-
     #[test]
     fn batch_size_grows_to_the_maximum_for_small_events() {
         let mut sizer = BatchSizer::new(1000, 1_000_000);
         assert_eq!(sizer.next(), FIRST_BATCH);
         let mut sizes = Vec::new();
         for _ in 0..8 {
-            sizer.observe(&[event(1, 100)]);
+            sizer.observe_largest(Some(110));
             sizes.push(sizer.next());
         }
         assert_eq!(sizes, vec![32, 64, 128, 256, 512, 1000, 1000, 1000]);
@@ -244,12 +168,15 @@ mod tests {
     fn batch_size_shrinks_for_large_events_and_never_reaches_zero() {
         let mut sizer = BatchSizer::new(1000, 1_000_000);
         for _ in 0..10 {
-            sizer.observe(&[event(1, 100)]);
+            sizer.observe_largest(Some(110));
         }
         assert_eq!(sizer.next(), 1000);
-        sizer.observe(&[event(1, 100_000)]);
+        sizer.observe_largest(Some(100_010));
         assert!(sizer.next() < 20);
-        sizer.observe(&[event(1, 5_000_000)]);
+        sizer.observe_largest(Some(5_000_010));
+        assert_eq!(sizer.next(), 1);
+        // A batch without events teaches nothing about sizes.
+        sizer.observe_largest(None);
         assert_eq!(sizer.next(), 1);
     }
 }

@@ -2,7 +2,7 @@
 //! DCB rule lives in `umadb-core`.
 
 use crate::config::Limits;
-use crate::encoded::EncodedReadResponse;
+use crate::encoded::{EncodedResponse, HeadField};
 use crate::fanout::Fanout;
 use crate::outbox::{self, Outbox};
 use crate::streams::{self, Paging};
@@ -43,14 +43,15 @@ impl DcbService {
         }
     }
 
-    fn subscription<T: Send + 'static>(
+    /// A subscription's stream; each message's head is `head` (none for `Subscribe`).
+    fn subscription(
         &self,
         query: Query,
         after: Position,
         limit: Option<u64>,
         batch_size: Option<u32>,
-        message: impl Fn(Vec<v1::SequencedEvent>) -> T + Send + 'static,
-    ) -> Result<Outbox<T>, Status> {
+        head: HeadField,
+    ) -> Result<Outbox<EncodedResponse>, Status> {
         query.validate().map_err(|e| status_from_error(&e))?;
         let query = Arc::new(query);
         let subscription = streams::Subscription {
@@ -62,16 +63,35 @@ impl DcbService {
             paging: self.paging(batch_size),
         };
         Ok(outbox::spawn(self.shutdown.clone(), move |out| {
-            streams::subscribe(subscription, out, message)
+            streams::subscribe(subscription, out, head)
         }))
     }
 
-    /// `Read`, served through `encoded::ReadRoute`: the responses are encoded where they are
-    /// produced.
+    /// `Subscribe`, served through `encoded::EncodedRoutes`.
+    pub fn subscribe_encoded(
+        &self,
+        request: Request<v1::SubscribeRequest>,
+    ) -> Result<Response<Outbox<EncodedResponse>>, Status> {
+        let request = request.into_inner();
+        let query: Query = request.query.map(Into::into).unwrap_or_default();
+        let after = request.after.unwrap_or(0);
+        tracing::debug!(?query, after, "subscribe");
+        let stream = self.subscription(
+            query,
+            after,
+            None,
+            request.batch_size,
+            HeadField::Fixed(None),
+        )?;
+        Ok(Response::new(stream))
+    }
+
+    /// `Read`, served through `encoded::EncodedRoutes`: the responses are encoded where they
+    /// are produced.
     pub fn read_encoded(
         &self,
         request: Request<v1::ReadRequest>,
-    ) -> Result<Response<Outbox<EncodedReadResponse>>, Status> {
+    ) -> Result<Response<Outbox<EncodedResponse>>, Status> {
         let request = request.into_inner();
         let query: Query = request.query.map(Into::into).unwrap_or_default();
         let backwards = request.backwards.unwrap_or(false);
@@ -91,7 +111,7 @@ impl DcbService {
                 after,
                 limit,
                 request.batch_size,
-                EncodedReadResponse::of_wire,
+                HeadField::LastEvent,
             )?;
             return Ok(Response::new(stream));
         }
@@ -111,6 +131,12 @@ impl DcbService {
     }
 }
 
+fn not_routed(rpc: &str) -> Status {
+    status_from_error(&Error::Internal(format!(
+        "{rpc} reached the generated service; it is served by the encoded routes"
+    )))
+}
+
 fn invalid(message: String) -> Status {
     status_from_error(&Error::InvalidArgument(message))
 }
@@ -120,29 +146,21 @@ impl Dcb for DcbService {
     type ReadStream = Outbox<v1::ReadResponse>;
     type SubscribeStream = Outbox<v1::SubscribeResponse>;
 
-    /// Never called: `encoded::ReadRoute` serves every `Read` before it reaches the generated
-    /// service (see `DcbService::read_encoded`). The generated trait requires the method.
+    /// Never called: `encoded::EncodedRoutes` serves every `Read` before it reaches the
+    /// generated service (see `DcbService::read_encoded`). The generated trait requires it.
     async fn read(
         &self,
         _request: Request<v1::ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
-        Err(status_from_error(&Error::Internal(
-            "Read reached the generated service; it is served by the encoded route".into(),
-        )))
+        Err(not_routed("Read"))
     }
 
+    /// Never called, as `read`: see `DcbService::subscribe_encoded`.
     async fn subscribe(
         &self,
-        request: Request<v1::SubscribeRequest>,
+        _request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let request = request.into_inner();
-        let query: Query = request.query.map(Into::into).unwrap_or_default();
-        let after = request.after.unwrap_or(0);
-        tracing::debug!(?query, after, "subscribe");
-        let stream = self.subscription(query, after, None, request.batch_size, |events| {
-            v1::SubscribeResponse { events }
-        })?;
-        Ok(Response::new(stream))
+        Err(not_routed("Subscribe"))
     }
 
     async fn append(

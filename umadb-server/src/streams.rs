@@ -2,13 +2,13 @@
 //! pages through the log with `read_range` and, when caught up, waits until the fanout sees a
 //! commit with an event it matches.
 
-use crate::encoded::{encode_batch, EncodedBatch, EncodedReadResponse, HeadField};
+use crate::encoded::{encode_batch, EncodedBatch, EncodedResponse, HeadField};
 use crate::fanout::Follow;
-use crate::outbox::{cut_by_size, BatchSizer, Sender, Stop};
+use crate::outbox::{BatchSizer, Sender, Stop};
 use std::sync::Arc;
 use tonic::Status;
-use umadb_core::{Error, Position, Query, Reader, SequencedEvent, Store};
-use umadb_proto::{status_from_error, v1};
+use umadb_core::{Error, Position, Query, Reader, Store};
+use umadb_proto::status_from_error;
 
 /// How a read or subscription is paged.
 #[derive(Clone, Copy)]
@@ -27,7 +27,7 @@ pub(crate) async fn read(
     mut reader: Reader,
     limited: bool,
     paging: Paging,
-    mut out: Sender<EncodedReadResponse>,
+    mut out: Sender<EncodedResponse>,
 ) -> Result<(), Status> {
     let mut sizer = BatchSizer::new(paging.batch_size, paging.max_message_bytes);
     let max_bytes = paging.max_message_bytes;
@@ -55,7 +55,7 @@ pub(crate) async fn read(
         };
         let Some(batch) = batch.map_err(|e| failed(&store, e))? else {
             if last_sent.is_none() {
-                let empty = EncodedReadResponse::head_only(reader.head());
+                let empty = EncodedResponse::head_only(reader.head());
                 send(&mut out, empty, last_sent).await?;
             }
             return Ok(());
@@ -127,11 +127,12 @@ pub(crate) struct Subscription {
 
 /// Streams every event matching the query after `after`: the recorded ones, then new ones as
 /// they commit, until `limit` events were sent, the client leaves, or the server shuts down
-/// (which ends the stream cleanly).
-pub(crate) async fn subscribe<T>(
+/// (which ends the stream cleanly). Each batch is encoded where it was read, its messages
+/// carrying `head`.
+pub(crate) async fn subscribe(
     subscription: Subscription,
-    mut out: Sender<T>,
-    message: impl Fn(Vec<v1::SequencedEvent>) -> T,
+    mut out: Sender<EncodedResponse>,
+    head: HeadField,
 ) -> Result<(), Status> {
     let Subscription {
         store,
@@ -141,7 +142,8 @@ pub(crate) async fn subscribe<T>(
         limit,
         paging,
     } = subscription;
-    let mut sizer = BatchSizer::new(paging.batch_size, paging.max_message_bytes);
+    let max_bytes = paging.max_message_bytes;
+    let mut sizer = BatchSizer::new(paging.batch_size, max_bytes);
     let mut remaining = limit;
     loop {
         if remaining == Some(0) {
@@ -158,28 +160,31 @@ pub(crate) async fn subscribe<T>(
         let count = remaining.map_or(sizer.next(), |r| {
             sizer.next().min(usize::try_from(r).unwrap_or(usize::MAX))
         });
+        let range = move |store: &Store, query: &Query| {
+            store
+                .read_range(query, after + 1, head_now, count)
+                .map(|events| encode_batch(events, head, max_bytes))
+        };
         let batch = if head_now - after <= INLINE_RANGE {
             // A few new positions: cheaper to look at them here than to hand them to a
-            // blocking thread, which matters when many idle subscriptions wake on each commit.
-            store.read_range(&query, after + 1, head_now, count)
+            // read thread, which matters when many subscriptions wake on each commit.
+            range(&store, &query)
         } else {
             let (range_store, range_query) = (store.clone(), query.clone());
-            blocking(move || range_store.read_range(&range_query, after + 1, head_now, count))
-                .await?
+            blocking(move || range(&range_store, &range_query)).await?
         }
         .map_err(|e| failed(&store, e))?;
         // A short batch means nothing else matches up to `head_now`.
         after = match batch.last() {
-            Some(last) if batch.len() == count => last.position,
+            Some(last) if batch.events == count => last,
             _ => head_now,
         };
         if let Some(r) = remaining.as_mut() {
-            *r -= batch.len() as u64;
+            *r -= batch.events as u64;
         }
-        let wire = to_wire(batch);
-        sizer.observe(&wire);
-        for events in cut_by_size(wire, paging.max_message_bytes) {
-            if out.send(message(events)).await.is_err() {
+        sizer.observe_largest((batch.events > 0).then_some(batch.largest));
+        for (message, _) in batch.messages {
+            if out.send(message).await.is_err() {
                 return Ok(());
             }
         }
@@ -191,10 +196,6 @@ const INLINE_BATCH: usize = 16;
 
 /// Ranges of at most this many new positions are read on the async thread.
 const INLINE_RANGE: Position = 64;
-
-fn to_wire(batch: Vec<SequencedEvent>) -> Vec<v1::SequencedEvent> {
-    batch.into_iter().map(Into::into).collect()
-}
 
 /// Runs blocking store work off the async threads.
 async fn blocking<R: Send + 'static>(

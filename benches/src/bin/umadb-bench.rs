@@ -3,7 +3,7 @@
 //! ```text
 //! umadb-bench prepopulate --events 1000000
 //! umadb-bench append --clients 64 --events-per-request 1 --seconds 10 [--conditional]
-//! umadb-bench read --clients 1 --seconds 10 [--tag-query]
+//! umadb-bench read --clients 1 --seconds 10 [--tag-query | --catch-up]
 //! umadb-bench mixed --writers 8 --readers 4 --seconds 10
 //! umadb-bench sweep --workload append --max-clients 256 --seconds 5 --out-dir docs/bench
 //! ```
@@ -68,6 +68,9 @@ enum Command {
         seconds: u64,
         #[arg(long)]
         tag_query: bool,
+        /// Catch up through `Subscribe` from the start to the head instead of reading.
+        #[arg(long, conflicts_with = "tag_query")]
+        catch_up: bool,
         /// Number of distinct tags in the prepopulated log (N/10).
         #[arg(long, default_value_t = 100_000)]
         tags: u64,
@@ -172,9 +175,14 @@ async fn run(cli: Cli) -> Result<(), String> {
             clients,
             seconds,
             tag_query,
+            catch_up,
             tags,
         } => {
-            let spec = read_spec(tag_query, tags);
+            let spec = if catch_up {
+                ReadSpec::CatchUp
+            } else {
+                read_spec(tag_query, tags)
+            };
             let mut runs = Vec::new();
             for _ in 0..cli.repeat.max(1) {
                 runs.push(workload::read(&target, clients.max(1), spec, seconds).await);
