@@ -118,8 +118,13 @@ fn check_here(db_path: &Path) -> ExitCode {
             if report.events == 0 {
                 println!("OK: {}: an empty store", db_path.display());
             } else {
+                let pages = match store.page_summary() {
+                    Some(pages) if pages.conclusive => "LMDB pages sound, ",
+                    _ => "",
+                };
                 println!(
-                    "OK: {}: {} events, positions 1..={} gapless, every checksum valid, indexes agree",
+                    "OK: {}: {} events, {pages}positions 1..={} gapless, every checksum valid, \
+                     indexes agree",
                     db_path.display(),
                     report.events,
                     report.head
