@@ -162,6 +162,29 @@ struct Meta {
     txn_id: u64,
 }
 
+/// Where a page sits in its tree: its level of `depth`, and the keys it may hold as positions
+/// (from, inclusive; to, exclusive), where its parents say so.
+#[derive(Clone, Copy)]
+struct Place {
+    level: u16,
+    depth: u16,
+    span: (Option<u64>, Option<u64>),
+}
+
+/// The events a page of `events` serves, in words, for the problems found in it.
+fn holding_positions(span: (Option<u64>, Option<u64>)) -> String {
+    match span {
+        (Some(from), Some(to)) if to > from => {
+            format!(" (it holds the events at positions {from}..={})", to - 1)
+        }
+        (Some(from), None) => format!(" (it holds the events from position {from} on)"),
+        (None, Some(to)) if to > 1 => {
+            format!(" (it holds the events up to position {})", to - 1)
+        }
+        _ => String::new(),
+    }
+}
+
 /// Which tree a page belongs to: what its leaves may hold.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Tree {
@@ -188,10 +211,14 @@ struct Walk<'a> {
     seen_past_end: HashSet<u64>,
     /// Every tree page reached and its flags, for tests that damage pages in use.
     #[cfg(test)]
-    reached: Vec<(u64, u16)>,
+    reached: Vec<(u64, u16, String)>,
     pages: u64,
     problems: Vec<String>,
     problem_count: usize,
+    /// Whether the tree being walked is keyed by position (`events`).
+    positions: bool,
+    /// What the page being walked holds, added to its problems (the events it would serve).
+    holding: String,
 }
 
 impl<'a> Walk<'a> {
@@ -212,6 +239,8 @@ impl<'a> Walk<'a> {
             pages: 0,
             problems: Vec::new(),
             problem_count: 0,
+            positions: false,
+            holding: String::new(),
         })
     }
 
@@ -231,7 +260,7 @@ impl<'a> Walk<'a> {
     fn problem(&mut self, message: String) {
         self.problem_count += 1;
         if self.problems.len() < MAX_LISTED {
-            self.problems.push(message);
+            self.problems.push(message + &self.holding);
         }
     }
 
@@ -337,7 +366,10 @@ impl<'a> Walk<'a> {
                 ));
                 continue;
             }
+            self.positions = name == b"events";
             self.walk_tree(&label, record, Tree::Named, &mut Vec::new())?;
+            self.positions = false;
+            self.holding.clear();
         }
         Ok(())
     }
@@ -366,15 +398,13 @@ impl<'a> Walk<'a> {
         }
         let mut counts = Counts::default();
         let before = self.problem_count;
-        self.walk_page(
-            label,
-            record.root,
-            1,
-            record.depth,
-            tree,
-            named,
-            &mut counts,
-        )?;
+        let place = Place {
+            level: 1,
+            depth: record.depth,
+            span: (None, None),
+        };
+        self.walk_page(label, record.root, place, tree, named, &mut counts)?;
+        self.holding.clear();
         if self.problem_count > before {
             return Ok(());
         }
@@ -443,17 +473,21 @@ impl<'a> Walk<'a> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn walk_page(
         &mut self,
         label: &str,
         number: u64,
-        level: u16,
-        depth: u16,
+        place: Place,
         tree: Tree,
         named: &mut Vec<(Vec<u8>, DbRecord)>,
         counts: &mut Counts,
     ) -> Result<()> {
+        let Place { level, depth, span } = place;
+        self.holding = if self.positions {
+            holding_positions(span)
+        } else {
+            String::new()
+        };
         if !self.claim(label, number, 1, true) {
             return Ok(());
         }
@@ -462,7 +496,7 @@ impl<'a> Walk<'a> {
         let expected = if is_leaf { P_LEAF } else { P_BRANCH };
         let flags = u16_at(&page, 10);
         #[cfg(test)]
-        self.reached.push((number, flags));
+        self.reached.push((number, flags, label.to_string()));
         if u64_at(&page, 0) != number || flags & PAGE_TYPE != expected {
             self.problem(format!(
                 "{label}: page {number} (level {level} of {depth}) carries page number {} and \
@@ -514,7 +548,13 @@ impl<'a> Walk<'a> {
                 return Ok(());
             }
             if !is_leaf {
-                children.push(lo | hi << 16 | (node_flags as u64) << 32);
+                // A branch's first key is implicit: the lower bound of the page's own span.
+                let key = &page[at + NODE_HEADER..key_end];
+                let low = match i {
+                    0 => span.0,
+                    _ => <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes),
+                };
+                children.push((lo | hi << 16 | (node_flags as u64) << 32, low));
                 continue;
             }
             let data_len = (lo | hi << 16) as usize;
@@ -566,8 +606,14 @@ impl<'a> Walk<'a> {
                 Tree::Main | Tree::Named => {}
             }
         }
-        for child in children {
-            self.walk_page(label, child, level + 1, depth, tree, named, counts)?;
+        for (i, &(child, low)) in children.iter().enumerate() {
+            let high = children.get(i + 1).map_or(span.1, |&(_, next)| next);
+            let place = Place {
+                level: level + 1,
+                depth,
+                span: (low, high),
+            };
+            self.walk_page(label, child, place, tree, named, counts)?;
         }
         Ok(())
     }
@@ -589,7 +635,7 @@ impl<'a> Walk<'a> {
         let header = self.read_at(first * self.page_size as u64, PAGE_HEADER)?;
         let (flags, pages) = (u16_at(&header, 10), u32_at(&header, 12) as u64);
         #[cfg(test)]
-        self.reached.push((first, flags));
+        self.reached.push((first, flags, label.to_string()));
         if u64_at(&header, 0) != first || flags & PAGE_TYPE != P_OVERFLOW || pages < needed {
             self.problem(format!(
                 "{label}: overflow page {first} carries page number {}, flags {flags:#x} and \
@@ -707,6 +753,11 @@ mod tests {
     /// Pages in use (reached from the newest meta page) with one of `flags`; free pages may
     /// hold stale copies that nothing reads.
     fn pages_with(path: &Path, flags: u16) -> Vec<usize> {
+        pages_of(path, flags, "")
+    }
+
+    /// Like `pages_with`, in the tree whose label contains `tree`.
+    fn pages_of(path: &Path, flags: u16, tree: &str) -> Vec<usize> {
         let data = path.join("data.mdb");
         let file = File::open(&data).expect("open data file");
         let mut walk = Walk::new(&file, &data).expect("walk");
@@ -715,8 +766,8 @@ mod tests {
         let mut pages: Vec<usize> = walk
             .reached
             .iter()
-            .filter(|(_, f)| f & flags != 0)
-            .map(|&(n, _)| n as usize)
+            .filter(|(_, f, label)| f & flags != 0 && label.contains(tree))
+            .map(|&(n, _, _)| n as usize)
             .collect();
         pages.sort();
         pages
@@ -786,6 +837,47 @@ mod tests {
         put_u16(&mut bytes, child_lo + 4, 0);
         let message = walk_damaged(&path, &bytes);
         assert!(message.contains("reached twice"), "{message}");
+    }
+
+    #[test]
+    fn damage_in_the_log_names_the_positions_it_would_have_served() {
+        let (_dir, path) = sample_store();
+        let pristine = data_file(&path);
+        let records_on = |leaf: usize| -> Vec<u64> {
+            let page = &pristine[leaf * PAGE..(leaf + 1) * PAGE];
+            let keys = (u16_at(page, 12) as usize - PAGE_HEADER) / 2;
+            (0..keys)
+                .map(|i| {
+                    let at = u16_at(page, PAGE_HEADER + 2 * i) as usize;
+                    u64_at_be(&page[at + NODE_HEADER..at + NODE_HEADER + 8])
+                })
+                .collect()
+        };
+        // A leaf of the log with leaves before and after it.
+        let (leaf, on_page) = pages_of(&path, P_LEAF, "\"events\"")
+            .into_iter()
+            .map(|leaf| (leaf, records_on(leaf)))
+            .find(|(_, on)| on.first() > Some(&1) && on.last() < Some(&3000))
+            .expect("a leaf in the middle of the log");
+        let mut bytes = pristine.clone();
+        bytes[leaf * PAGE + 10] = 0x7f;
+        let message = walk_damaged(&path, &bytes);
+        assert!(message.contains(&format!("page {leaf} ")), "{message}");
+        let range = message
+            .split("it holds the events at positions ")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .unwrap_or_else(|| panic!("no positions named: {message}"));
+        // The positions named are exactly the records on that page.
+        assert_eq!(
+            range,
+            format!("{}..={}", on_page[0], on_page[on_page.len() - 1]),
+            "{message}"
+        );
+    }
+
+    fn u64_at_be(b: &[u8]) -> u64 {
+        u64::from_be_bytes(b.try_into().expect("8 bytes"))
     }
 
     #[test]
