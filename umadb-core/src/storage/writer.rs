@@ -261,7 +261,10 @@ impl<'a> Group<'a> {
     }
 
     fn flush_indexes(&mut self, txn: &mut RwTxn) -> Result<()> {
-        for ((kind, id), key) in self.dirty.iter_mut() {
+        // In key order, so that consecutive puts walk the same, already touched, B-tree pages.
+        let mut dirty: Vec<_> = self.dirty.iter_mut().collect();
+        dirty.sort_unstable_by_key(|&(&(kind, id), _)| (kind as u8, id));
+        for (&(kind, id), key) in dirty {
             for chunk in key.full.iter_mut().chain(key.open.as_mut()) {
                 let bytes = match &mut chunk.form {
                     Form::Stored(bytes) => bytes.as_slice(),
@@ -276,7 +279,7 @@ impl<'a> Group<'a> {
                 };
                 self.dbs
                     .index
-                    .put(txn, &format::index_key(*kind, *id, chunk.base), bytes)
+                    .put(txn, &format::index_key(kind, id, chunk.base), bytes)
                     .map_err(storage_error)?;
             }
         }
