@@ -200,6 +200,7 @@ impl<'a> Group<'a> {
         let dbs = self.dbs;
         let first = self.head + 1;
         let tracked = request.tracking_info.is_some() && !request.events.is_empty();
+        let mut keyed: Vec<(Kind, &'a str, Position)> = Vec::new();
         for (i, event) in request.events.iter().enumerate() {
             let position = first + i as u64;
             format::encode_event(event, tracked, &mut self.buf);
@@ -211,13 +212,27 @@ impl<'a> Group<'a> {
                     &self.buf,
                 )
                 .map_err(storage_error)?;
-            let type_id = intern::get_or_create(txn, dbs, Kind::EventType, &event.event_type)?;
-            self.index(txn, Kind::EventType, type_id, position)?;
-            for tag in &event.tags {
-                let tag_id = intern::get_or_create(txn, dbs, Kind::Tag, tag)?;
-                self.index(txn, Kind::Tag, tag_id, position)?;
-            }
+            keyed.push((Kind::EventType, &event.event_type, position));
+            keyed.extend(
+                event
+                    .tags
+                    .iter()
+                    .map(|tag| (Kind::Tag, tag.as_str(), position)),
+            );
             self.pending.push((position, event));
+        }
+        // Types and tags in key order (positions ascending within each): the intern and index
+        // lookups then walk B-tree pages one after another instead of at random, and each
+        // distinct string is looked up once.
+        keyed.sort_unstable_by(|a, b| (a.0 as u8, a.1, a.2).cmp(&(b.0 as u8, b.1, b.2)));
+        let mut last: Option<(Kind, &str, u32)> = None;
+        for (kind, name, position) in keyed {
+            let id = match last {
+                Some((k, n, id)) if k == kind && n == name => id,
+                _ => intern::get_or_create(txn, dbs, kind, name)?,
+            };
+            last = Some((kind, name, id));
+            self.index(txn, kind, id, position)?;
         }
         self.head += request.events.len() as u64;
         if let Some(tracking) = &request.tracking_info {
