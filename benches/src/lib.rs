@@ -2,4 +2,5 @@
 //! engine's criterion benchmarks are in `benches/core.rs`.
 
 pub mod report;
+pub mod transport;
 pub mod workload;

@@ -1,11 +1,11 @@
 //! Workloads that drive a running server over gRPC, one connection per simulated client.
 
+use crate::transport::Connection;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
 use tonic::Request;
 use umadb_proto::v1::{self, dcb_client::DcbClient};
 
@@ -26,13 +26,9 @@ pub struct Target {
 
 impl Target {
     /// A fresh connection (one HTTP/2 connection per call).
-    pub async fn connect(&self) -> Result<DcbClient<Channel>, String> {
-        let channel = Endpoint::from_shared(self.url.clone())
-            .map_err(|e| format!("bad url {}: {e}", self.url))?
-            .connect()
-            .await
-            .map_err(|e| format!("cannot connect to {}: {e}", self.url))?;
-        Ok(DcbClient::new(channel)
+    pub async fn connect(&self) -> Result<DcbClient<Connection>, String> {
+        let (connection, origin) = Connection::open(&self.url).await?;
+        Ok(DcbClient::with_origin(connection, origin)
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20))
     }
@@ -235,8 +231,13 @@ pub async fn prepopulate(
 #[derive(Clone, Copy, Debug)]
 pub struct AppendSpec {
     pub events_per_request: usize,
-    /// Each request carries a condition on a tag of its own (never fails, always evaluated).
+    /// Each request carries a condition: fail if an event with the request's own tag exists
+    /// after the position of the client's previous append. It never fails, and it is always
+    /// evaluated. The events are the same as without it.
     pub conditional: bool,
+    /// Each request's events also carry the request's own tag, a tag new to the store (the
+    /// pattern of a boundary that must not exist yet, such as a unique name).
+    pub boundary_tag: bool,
 }
 
 /// Which reads the readers do.
@@ -282,7 +283,7 @@ async fn append_client(
                 // Tags of their own, so that appends leave the prepopulated tags (and so the
                 // tag-query workload's ~10 events per tag) as they were.
                 e.tags = vec![format!("written-{}", (unique * 1000 + i as u64) % 100_000)];
-                if spec.conditional {
+                if spec.boundary_tag {
                     e.tags.push(boundary.clone());
                 }
                 e
@@ -361,7 +362,7 @@ async fn read_client(target: Target, spec: ReadSpec, deadline: Instant, client_i
 }
 
 /// Subscribes from the start and reads until the head of when it began; the events read.
-async fn catch_up(target: &Target, client: &mut DcbClient<Channel>) -> Result<u64, String> {
+async fn catch_up(target: &Target, client: &mut DcbClient<Connection>) -> Result<u64, String> {
     let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
     let head = client
         .head(target.request(v1::HeadRequest {}))
@@ -393,7 +394,7 @@ async fn catch_up(target: &Target, client: &mut DcbClient<Channel>) -> Result<u6
 }
 
 async fn read_to_end(
-    client: &mut DcbClient<Channel>,
+    client: &mut DcbClient<Connection>,
     request: Request<v1::ReadRequest>,
 ) -> Result<u64, String> {
     let mut stream = client
@@ -414,10 +415,11 @@ async fn read_to_end(
 
 /// `clients` appenders for `seconds`.
 pub async fn append(target: &Target, clients: usize, spec: AppendSpec, seconds: u64) -> RunResult {
-    let name = if spec.conditional {
-        "append-conditional"
-    } else {
-        "append"
+    let name = match (spec.conditional, spec.boundary_tag) {
+        (false, false) => "append",
+        (true, false) => "append-conditional",
+        (false, true) => "append-boundary-tag",
+        (true, true) => "append-conditional-boundary-tag",
     };
     let label = format!("{name} x{clients} ({}/req)", spec.events_per_request);
     let (elapsed, tallies) = run_clients(&label, seconds, clients, |id, deadline| {

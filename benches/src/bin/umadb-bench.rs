@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! umadb-bench prepopulate --events 1000000
-//! umadb-bench append --clients 64 --events-per-request 1 --seconds 10 [--conditional]
+//! umadb-bench append --clients 64 --events-per-request 1 --seconds 10 [--conditional] [--boundary-tag]
 //! umadb-bench read --clients 1 --seconds 10 [--tag-query | --catch-up]
 //! umadb-bench mixed --writers 8 --readers 4 --seconds 10
 //! umadb-bench sweep --workload append --max-clients 256 --seconds 5 --out-dir docs/bench
@@ -56,9 +56,13 @@ enum Command {
         events_per_request: usize,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
-        /// Each request carries a condition on a tag of its own (it never fails).
+        /// Each request carries a condition on a tag of its own (it never fails); the events
+        /// are the same as without it.
         #[arg(long)]
         conditional: bool,
+        /// Each request's events also carry that tag of its own, new to the store.
+        #[arg(long)]
+        boundary_tag: bool,
     },
     /// Concurrent readers of the whole store, or of random tags.
     Read {
@@ -160,10 +164,12 @@ async fn run(cli: Cli) -> Result<(), String> {
             events_per_request,
             seconds,
             conditional,
+            boundary_tag,
         } => {
             let spec = AppendSpec {
                 events_per_request: events_per_request.max(1),
                 conditional,
+                boundary_tag,
             };
             let mut runs = Vec::new();
             for _ in 0..cli.repeat.max(1) {
@@ -200,6 +206,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let spec = AppendSpec {
                 events_per_request: events_per_request.max(1),
                 conditional: false,
+                boundary_tag: false,
             };
             let mut runs = Vec::new();
             for _ in 0..cli.repeat.max(1) {
@@ -228,6 +235,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let spec = AppendSpec {
                 events_per_request: events_per_request.max(1),
                 conditional: false,
+                boundary_tag: false,
             };
             let mut points = Vec::new();
             let mut results = Vec::new();
@@ -275,6 +283,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                         let spec = AppendSpec {
                             events_per_request: events_per_request.max(1),
                             conditional: matches!(which, SweepWorkload::AppendConditional),
+                            boundary_tag: false,
                         };
                         workload::append(&target, clients, spec, seconds).await
                     }
