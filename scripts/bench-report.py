@@ -132,7 +132,6 @@ per event as well as the condition.
 | writers alone / readers alone / both | `append --clients 8`, `read --clients 4`, `mixed --writers 8 --readers 4` |
 
 {table("append-1x1")}
-
 {table("append-64x1").splitlines()[-1]}
 {table("append-conditional-64x1").splitlines()[-1]}
 {table("append-boundary-tag-64x1").splitlines()[-1]}
