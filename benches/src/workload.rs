@@ -355,10 +355,20 @@ async fn read_client(target: Target, spec: ReadSpec, deadline: Instant, client_i
             batch_size: None,
         });
         let t = Instant::now();
-        let result = read_to_end(&mut client, request).await;
-        tally.record(t, result);
+        match read_until(&mut client, request, deadline).await {
+            Ok(Read::Whole(events)) => tally.record(t, Ok(events)),
+            // Cut at the deadline: its events count, as a read it is not complete.
+            Ok(Read::Cut(events)) => tally.events += events,
+            Err(e) => tally.record(t, Err(e)),
+        }
     }
     tally
+}
+
+/// What a read got before its stream ended or the run's deadline passed.
+enum Read {
+    Whole(u64),
+    Cut(u64),
 }
 
 /// Subscribes from the start and reads until the head of when it began; the events read.
@@ -393,10 +403,14 @@ async fn catch_up(target: &Target, client: &mut DcbClient<Connection>) -> Result
     Ok(events)
 }
 
-async fn read_to_end(
+/// Reads to the end of the stream, or until `deadline`: a whole-store read can take longer
+/// than a run, and its events count only while the run lasts (in a mixed run, only while the
+/// writers write).
+async fn read_until(
     client: &mut DcbClient<Connection>,
     request: Request<v1::ReadRequest>,
-) -> Result<u64, String> {
+    deadline: Instant,
+) -> Result<Read, String> {
     let mut stream = client
         .read(request)
         .await
@@ -409,8 +423,11 @@ async fn read_to_end(
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
     {
         events += response.events.len() as u64;
+        if Instant::now() >= deadline {
+            return Ok(Read::Cut(events));
+        }
     }
-    Ok(events)
+    Ok(Read::Whole(events))
 }
 
 /// `clients` appenders for `seconds`.
@@ -484,24 +501,27 @@ pub async fn mixed(
     let reader_tasks: Vec<_> = (0..readers)
         .map(|id| reader_runtime.spawn(read_client(target.clone(), read_spec, deadline, id)))
         .collect();
+    // Each side's rate over its own time: both stop at the deadline, but a side's last request
+    // may end a little after it.
     let writer_tallies = join_all(writer_tasks).await;
+    let writers_elapsed = started.elapsed();
     let reader_tallies = join_all(reader_tasks).await;
+    let readers_elapsed = started.elapsed();
     reader_runtime.shutdown_background();
-    let elapsed = started.elapsed();
     ticker.abort();
     bar.finish();
     let mut result = summarise(
         "mixed-writers",
         writers,
         append_spec.events_per_request,
-        elapsed,
+        writers_elapsed,
         writer_tallies,
     );
     result.readers = Some(Box::new(summarise(
         "mixed-readers",
         readers,
         0,
-        elapsed,
+        readers_elapsed,
         reader_tallies,
     )));
     result
