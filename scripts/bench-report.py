@@ -119,6 +119,12 @@ store, in both runs. Runs before this pair existed gave the conditional run's ev
 tag but not the unconditional run's, so their gap (−23% in the last of them) counted a new tag
 per event as well as the condition.
 
+In the mixed run, 8 writers append while 4 readers read the whole store over and over; each
+side's rate is taken over the time it ran, and a read still going at the deadline stops there,
+its events counted. The writers alone and the readers alone are measured the same way. Runs
+before this accounting divided the writers' events by the time until the readers' last read
+ended, several seconds past the deadline, and counted reads made after the writers stopped.
+
 | workload | command |
 |---|---|
 | append, 1 client | `umadb-bench --repeat 3 append --clients 1 --seconds {secs}` |
