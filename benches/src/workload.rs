@@ -417,15 +417,19 @@ async fn read_until(
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
         .into_inner();
     let mut events = 0;
+    let mut past_deadline = false;
     while let Some(response) = stream
         .message()
         .await
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
     {
-        events += response.events.len() as u64;
-        if Instant::now() >= deadline {
+        // A batch after the one that crossed the deadline: the read would go on, so it is cut
+        // (that batch uncounted). A stream that ends instead was read whole.
+        if past_deadline {
             return Ok(Read::Cut(events));
         }
+        events += response.events.len() as u64;
+        past_deadline = Instant::now() >= deadline;
     }
     Ok(Read::Whole(events))
 }
