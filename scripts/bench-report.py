@@ -95,7 +95,8 @@ single runs. Each run lasts {secs} seconds (`SECONDS_PER_RUN`, default 5). This
 machine is shared and noisy: compare figures taken in one run of the suite with each other,
 and treat single figures as indications.
 
-Regenerate everything (about 15 minutes; writes `docs/bench/` and this file):
+Regenerate everything (5–6 minutes with `SECONDS_PER_RUN=3` on this 2-core machine, longer at
+the default 5 s per run; writes `docs/bench/` and this file):
 
 ```sh
 ./scripts/bench
