@@ -107,8 +107,16 @@ impl QueryItem {
     }
 
     pub fn matches(&self, event: &Event) -> bool {
-        (self.types.is_empty() || self.types.contains(&event.event_type))
-            && self.tags.iter().all(|t| event.tags.contains(t))
+        self.matches_keys(&event.event_type, &event.tags)
+    }
+
+    /// Whether an event of this type carrying these tags matches.
+    pub fn matches_keys(&self, event_type: &str, tags: &[impl AsRef<str>]) -> bool {
+        (self.types.is_empty() || self.types.iter().any(|t| t == event_type))
+            && self
+                .tags
+                .iter()
+                .all(|t| tags.iter().any(|have| have.as_ref() == t))
     }
 }
 
@@ -133,7 +141,16 @@ impl Query {
     /// Whether `event` matches, evaluated directly on the event. The engine evaluates queries
     /// on its indexes; this form serves events not yet indexed and tests.
     pub fn matches(&self, event: &Event) -> bool {
-        self.items.is_empty() || self.items.iter().any(|item| item.matches(event))
+        self.matches_keys(&event.event_type, &event.tags)
+    }
+
+    /// Whether an event of this type carrying these tags matches.
+    pub fn matches_keys(&self, event_type: &str, tags: &[impl AsRef<str>]) -> bool {
+        self.items.is_empty()
+            || self
+                .items
+                .iter()
+                .any(|item| item.matches_keys(event_type, tags))
     }
 
     pub fn validate(&self) -> Result<()> {

@@ -7,7 +7,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use umadb_core::{
-    AppendRequest, Error, Event, Query, ReadRequest, Store, TrackingInfo, Uuid, MAX_STRING_LEN,
+    AppendRequest, Error, Event, Position, Query, ReadRequest, Store, StoreOptions, TrackingInfo,
+    Uuid, MAX_STRING_LEN,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -1194,6 +1195,96 @@ fn opening_a_store_with_an_unknown_format_version_fails() {
     rewrite_stamp(&path, b"something else entirely");
     let e = expect_open_error(&path);
     assert!(matches!(e, Error::Corruption(_)), "{e}");
+}
+
+/// Removes the `indexed_head` meta entry of a closed store and stamps it with `version`.
+fn make_like_version(path: &std::path::Path, version: u32) {
+    raw_write(path, |opener, wtxn| {
+        let meta = opener.create_database::<Raw, Raw>(wtxn, Some("meta"))?;
+        meta.delete(wtxn, b"indexed_head")?;
+        let mut stamp = b"umadb-v1".to_vec();
+        stamp.extend_from_slice(&version.to_be_bytes());
+        meta.put(wtxn, b"format", &stamp)
+    });
+}
+
+fn stamp_of(path: &std::path::Path) -> Vec<u8> {
+    let mut stamp = Vec::new();
+    raw_write(path, |opener, wtxn| {
+        let meta = opener.create_database::<Raw, Raw>(wtxn, Some("meta"))?;
+        stamp = meta.get(wtxn, b"format")?.unwrap_or_default().to_vec();
+        Ok(())
+    });
+    stamp
+}
+
+#[test]
+fn a_version_1_store_is_upgraded_on_open_and_answers_queries_as_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let indexed_at_once = StoreOptions {
+        index_lag: 0,
+        ..Default::default()
+    };
+    {
+        // Version 1 indexed every event at once.
+        let store = Store::open_with(&path, indexed_at_once).unwrap();
+        for i in 0..10 {
+            append(
+                &store,
+                vec![event("A", &[if i % 2 == 0 { "even" } else { "odd" }])],
+            );
+        }
+    }
+    make_like_version(&path, 1);
+    let store = Store::open(&path).unwrap();
+    let even = query(vec![item(&[], &["even"])]);
+    let positions = |store: &Store| -> Vec<Position> {
+        let request = ReadRequest {
+            query: even.clone(),
+            ..Default::default()
+        };
+        let (events, _) = store.read_all(request).unwrap();
+        events.iter().map(|e| e.position).collect()
+    };
+    assert_eq!(positions(&store), vec![1, 3, 5, 7, 9]);
+    append(&store, vec![event("A", &["even"])]);
+    assert_eq!(positions(&store), vec![1, 3, 5, 7, 9, 11]);
+    let report = store.check(|_| {}).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    drop(store);
+    let mut want = b"umadb-v1".to_vec();
+    want.extend_from_slice(&2u32.to_be_bytes());
+    assert_eq!(stamp_of(&path), want);
+}
+
+#[test]
+fn a_store_without_its_indexed_head_serves_reads_refuses_appends_and_fails_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let store = Store::open(&path).unwrap();
+        append(&store, vec![event("A", &["t"]), event("B", &["t"])]);
+    }
+    make_like_version(&path, 2);
+    let store = Store::open(&path).unwrap();
+    let (events, _) = store.read_all(ReadRequest::default()).unwrap();
+    assert_eq!(events.len(), 2);
+    let refused = store
+        .append(AppendRequest {
+            events: vec![event("C", &[])],
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert!(matches!(refused, Error::Corruption(_)), "{refused}");
+    assert!(refused.message().contains("indexed head"), "{refused}");
+    assert_eq!(store.head(), Some(2));
+    let report = store.check(|_| {}).unwrap();
+    assert!(
+        report.problems.iter().any(|p| p.contains("indexed head")),
+        "{:?}",
+        report.problems
+    );
 }
 
 #[test]

@@ -6,9 +6,12 @@
 //! its types holds; the query's next match is the nearest of its items'. A cursor keeps the
 //! chunk it last loaded, so walking a key costs one chunk load per chunk it actually enters,
 //! and the walk stops as soon as the caller has enough positions.
+//!
+//! The indexes cover the log up to the indexed head (see `StoreOptions::index_lag`); the few
+//! events after it are scanned and matched on their own type and tags.
 
 use super::format::{self, Kind};
-use super::{intern, storage_error, Dbs};
+use super::{indexed_head, intern, storage_error, Dbs};
 use crate::error::{Error, Result};
 use crate::types::{Position, Query};
 use heed::RoTxn;
@@ -22,11 +25,15 @@ thread_local! {
 }
 
 /// A query resolved against the intern table.
-pub enum Plan {
+pub enum Plan<'q> {
     /// Some item has no types and no tags: every event matches.
     All,
-    /// Items that can match something (an item naming an unknown tag cannot).
-    Items(Vec<ItemPlan>),
+    /// Items that can match something in the indexes (an item naming an unknown tag cannot),
+    /// and the query itself, for the events past the indexed head.
+    Items {
+        items: Vec<ItemPlan>,
+        query: &'q Query,
+    },
 }
 
 pub struct ItemPlan {
@@ -34,7 +41,7 @@ pub struct ItemPlan {
     types: Vec<u32>,
 }
 
-pub fn plan(txn: &RoTxn, dbs: &Dbs, query: &Query) -> Result<Plan> {
+pub fn plan<'q>(txn: &RoTxn, dbs: &Dbs, query: &'q Query) -> Result<Plan<'q>> {
     if query.items.is_empty() {
         return Ok(Plan::All);
     }
@@ -65,12 +72,13 @@ pub fn plan(txn: &RoTxn, dbs: &Dbs, query: &Query) -> Result<Plan> {
         types.dedup();
         items.push(ItemPlan { tags, types });
     }
-    Ok(Plan::Items(items))
+    Ok(Plan::Items { items, query })
 }
 
 /// Calls `visit` with each matching position in `lo..=hi`, ascending or (when `backwards`)
 /// descending, until it returns `Break` or the range is exhausted. When the walk scans the
-/// events themselves (a query matching everything), `visit` also gets the record's bytes.
+/// events themselves (a query matching everything, or the events past the indexed head),
+/// `visit` also gets the record's bytes.
 pub fn for_each_match(
     txn: &RoTxn,
     dbs: &Dbs,
@@ -84,85 +92,145 @@ pub fn for_each_match(
         return Ok(());
     }
     match plan {
-        Plan::All => {
-            let lo_key = format::position_key(lo);
-            let hi_key = format::position_key(hi);
-            let range = (
-                std::ops::Bound::Included(lo_key.as_slice()),
-                std::ops::Bound::Included(hi_key.as_slice()),
-            );
-            // The log is gapless from 1: a scan forwards starts at `lo` and every step moves by
-            // exactly one. Anything else is damaged page structure leading the cursor astray.
-            let mut expected = (!backwards).then_some(lo.max(1));
-            let mut step = |key: &[u8], record: &[u8]| -> Result<ControlFlow<()>> {
-                let position = format::decode_position_key(key)?;
-                if let Some(expected) = expected.filter(|&e| e != position) {
-                    return Err(format::corrupt(format!(
-                        "the log's page structure is damaged: a scan expected position \
-                         {expected} next but found {position}"
-                    )));
-                }
-                expected = if backwards {
-                    position.checked_sub(1)
-                } else {
-                    position.checked_add(1)
-                };
-                visit(position, Some(record))
+        Plan::All => scan(txn, dbs, lo, hi, backwards, |position, record| {
+            visit(position, Some(record))
+        })
+        .map(drop),
+        Plan::Items { items, query } => {
+            let indexed = indexed_head(txn, dbs)?;
+            let (index_lo, index_hi) = (lo, hi.min(indexed));
+            let (tail_lo, tail_hi) = (lo.max(indexed.saturating_add(1)), hi);
+            let tail = |visit: &mut dyn FnMut(Position, Option<&[u8]>) -> _| {
+                scan(txn, dbs, tail_lo, tail_hi, backwards, |position, record| {
+                    let (event_type, tags) = format::decode_keys(position, record)?;
+                    if query.matches_keys(event_type, &tags) {
+                        visit(position, Some(record))
+                    } else {
+                        Ok(ControlFlow::Continue(()))
+                    }
+                })
             };
             if backwards {
-                for entry in dbs.events.rev_range(txn, &range).map_err(storage_error)? {
-                    let (key, record) = entry.map_err(storage_error)?;
-                    if step(key, record)?.is_break() {
-                        break;
-                    }
+                if tail(&mut visit)?.is_break() {
+                    return Ok(());
                 }
+                walk_index(txn, dbs, items, index_lo, index_hi, true, &mut visit).map(drop)
             } else {
-                for entry in dbs.events.range(txn, &range).map_err(storage_error)? {
-                    let (key, record) = entry.map_err(storage_error)?;
-                    if step(key, record)?.is_break() {
-                        break;
-                    }
+                if walk_index(txn, dbs, items, index_lo, index_hi, false, &mut visit)?.is_break() {
+                    return Ok(());
                 }
+                tail(&mut visit).map(drop)
             }
-            Ok(())
         }
-        Plan::Items(items) => {
-            let mut walk = Walk {
-                txn,
-                dbs,
-                backwards,
-            };
-            let mut cursors: Vec<ItemCursors> = items.iter().map(ItemCursors::new).collect();
-            let start = if backwards { hi } else { lo };
-            let mut nexts = Vec::with_capacity(cursors.len());
-            for item in &mut cursors {
-                nexts.push(item.next(&mut walk, start)?);
+    }
+}
+
+/// Calls `step` with each stored event in `lo..=hi`, in order, until it returns `Break`.
+fn scan(
+    txn: &RoTxn,
+    dbs: &Dbs,
+    lo: Position,
+    hi: Position,
+    backwards: bool,
+    mut step: impl FnMut(Position, &[u8]) -> Result<ControlFlow<()>>,
+) -> Result<ControlFlow<()>> {
+    if lo > hi {
+        return Ok(ControlFlow::Continue(()));
+    }
+    let lo_key = format::position_key(lo);
+    let hi_key = format::position_key(hi);
+    let range = (
+        std::ops::Bound::Included(lo_key.as_slice()),
+        std::ops::Bound::Included(hi_key.as_slice()),
+    );
+    // The log is gapless from 1: a scan forwards starts at `lo` and every step moves by exactly
+    // one. Anything else is damaged page structure leading the cursor astray.
+    let mut expected = (!backwards).then_some(lo.max(1));
+    let mut each = |key: &[u8], record: &[u8]| -> Result<ControlFlow<()>> {
+        let position = format::decode_position_key(key)?;
+        if let Some(expected) = expected.filter(|&e| e != position) {
+            return Err(format::corrupt(format!(
+                "the log's page structure is damaged: a scan expected position {expected} \
+                 next but found {position}"
+            )));
+        }
+        expected = if backwards {
+            position.checked_sub(1)
+        } else {
+            position.checked_add(1)
+        };
+        step(position, record)
+    };
+    if backwards {
+        for entry in dbs.events.rev_range(txn, &range).map_err(storage_error)? {
+            let (key, record) = entry.map_err(storage_error)?;
+            if each(key, record)?.is_break() {
+                return Ok(ControlFlow::Break(()));
             }
-            loop {
-                let best = if backwards {
-                    nexts.iter().flatten().max()
-                } else {
-                    nexts.iter().flatten().min()
-                };
-                let Some(&position) = best else {
-                    return Ok(());
-                };
-                if position < lo || position > hi || visit(position, None)?.is_break() {
-                    return Ok(());
-                }
-                let following = if backwards {
-                    match position.checked_sub(1) {
-                        Some(p) if p >= lo => p,
-                        _ => return Ok(()),
-                    }
-                } else {
-                    position + 1
-                };
-                for (item, next) in cursors.iter_mut().zip(nexts.iter_mut()) {
-                    if *next == Some(position) {
-                        *next = item.next(&mut walk, following)?;
-                    }
-                }
+        }
+    } else {
+        for entry in dbs.events.range(txn, &range).map_err(storage_error)? {
+            let (key, record) = entry.map_err(storage_error)?;
+            if each(key, record)?.is_break() {
+                return Ok(ControlFlow::Break(()));
+            }
+        }
+    }
+    Ok(ControlFlow::Continue(()))
+}
+
+/// The leapfrog join over the indexes: calls `visit` with each position in `lo..=hi` some item
+/// matches, in order, until it returns `Break`.
+fn walk_index(
+    txn: &RoTxn,
+    dbs: &Dbs,
+    items: &[ItemPlan],
+    lo: Position,
+    hi: Position,
+    backwards: bool,
+    visit: &mut impl FnMut(Position, Option<&[u8]>) -> Result<ControlFlow<()>>,
+) -> Result<ControlFlow<()>> {
+    const DONE: Result<ControlFlow<()>> = Ok(ControlFlow::Continue(()));
+    if lo > hi {
+        return DONE;
+    }
+    let mut walk = Walk {
+        txn,
+        dbs,
+        backwards,
+    };
+    let mut cursors: Vec<ItemCursors> = items.iter().map(ItemCursors::new).collect();
+    let start = if backwards { hi } else { lo };
+    let mut nexts = Vec::with_capacity(cursors.len());
+    for item in &mut cursors {
+        nexts.push(item.next(&mut walk, start)?);
+    }
+    loop {
+        let best = if backwards {
+            nexts.iter().flatten().max()
+        } else {
+            nexts.iter().flatten().min()
+        };
+        let Some(&position) = best else {
+            return DONE;
+        };
+        if position < lo || position > hi {
+            return DONE;
+        }
+        if visit(position, None)?.is_break() {
+            return Ok(ControlFlow::Break(()));
+        }
+        let following = if backwards {
+            match position.checked_sub(1) {
+                Some(p) if p >= lo => p,
+                _ => return DONE,
+            }
+        } else {
+            position + 1
+        };
+        for (item, next) in cursors.iter_mut().zip(nexts.iter_mut()) {
+            if *next == Some(position) {
+                *next = item.next(&mut walk, following)?;
             }
         }
     }

@@ -4,11 +4,14 @@ use crate::error::{Error, Result};
 use crate::types::{Event, Position, TrackingInfo};
 use uuid::Uuid;
 
-/// Version of the on-disk format, kept in the `meta` database under [`META_FORMAT`].
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the on-disk format, kept in the `meta` database under [`META_FORMAT`]. Version 2
+/// added [`META_INDEXED_HEAD`]: a version 1 store is upgraded when it is opened.
+pub const FORMAT_VERSION: u32 = 2;
 pub const FORMAT_MAGIC: &[u8; 8] = b"umadb-v1";
 pub const META_FORMAT: &[u8] = b"format";
 pub const META_NEXT_ID: &[u8] = b"next_intern_id";
+/// The last position the indexes cover, u64; events after it are found by scanning them.
+pub const META_INDEXED_HEAD: &[u8] = b"indexed_head";
 
 /// Highest position a store may reach (far beyond any real log; keeps arithmetic clear of
 /// overflow).
@@ -164,6 +167,31 @@ pub fn encode_event(event: &Event, tracked: bool, out: &mut Vec<u8>) {
     put_bytes(out, &event.data);
     let crc = crc32fast::hash(&out[RECORD_HEADER..]);
     out[1..5].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The event type and tags of a record, borrowed from it, after the checks [`decode_event`]
+/// makes of the bytes they come from (version, checksum, lengths, UTF-8).
+pub fn decode_keys(position: Position, bytes: &[u8]) -> Result<(&str, Vec<&str>)> {
+    let parse = || -> Result<(&str, Vec<&str>)> {
+        if bytes.len() < RECORD_HEADER + 1 || bytes[0] != RECORD_V1 {
+            return Err(corrupt("bad header".into()));
+        }
+        let stored = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+        if stored != crc32fast::hash(&bytes[RECORD_HEADER..]) {
+            return Err(corrupt("bad checksum".into()));
+        }
+        let mut r = Reader::new(&bytes[RECORD_HEADER..], "event record");
+        r.u8()?;
+        let event_type = r.str()?;
+        let tag_count = r.count()?;
+        let mut tags = Vec::with_capacity(tag_count.min(1024));
+        for _ in 0..tag_count {
+            tags.push(r.str()?);
+        }
+        Ok((event_type, tags))
+    };
+    // The full decoder names the position and the fault; it is only run on a damaged record.
+    parse().map_err(|fault| decode_event(position, bytes).err().unwrap_or(fault))
 }
 
 /// A decoded record: the event and whether its append carried tracking info.
@@ -330,9 +358,13 @@ impl<'a> Reader<'a> {
     }
 
     fn string(&mut self) -> Result<String> {
+        self.str().map(str::to_owned)
+    }
+
+    fn str(&mut self) -> Result<&'a str> {
         let len = self.count()?;
         let bytes = self.bytes(len)?;
-        String::from_utf8(bytes.to_vec())
+        std::str::from_utf8(bytes)
             .map_err(|_| corrupt(format!("{} holds a string that is not UTF-8", self.what)))
     }
 }

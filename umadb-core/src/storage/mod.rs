@@ -18,7 +18,7 @@ pub use read::Reader;
 
 use crate::error::{Error, Result};
 use crate::types::{AppendRequest, Position, Query, ReadRequest, SequencedEvent, TrackingInfo};
-use format::{Kind, FORMAT_MAGIC, FORMAT_VERSION, META_FORMAT};
+use format::{Kind, FORMAT_MAGIC, FORMAT_VERSION, META_FORMAT, META_INDEXED_HEAD};
 use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
 use std::path::{Path, PathBuf};
@@ -42,6 +42,10 @@ pub struct StoreOptions {
     /// (see `pages.rs`). LMDB keeps no page checksums and would follow a damaged pointer into a
     /// crash; the walk reads every page of the store once (about 0.4 s per GB in the page cache).
     pub verify_pages: bool,
+    /// Most events the writer leaves out of the indexes. A commit that would leave more indexes
+    /// all of them; until then queries find the newest events by scanning them. Fewer index
+    /// pages per commit make small commits faster; 0 indexes every commit's events at once.
+    pub index_lag: u64,
 }
 
 impl Default for StoreOptions {
@@ -55,9 +59,13 @@ impl Default for StoreOptions {
             max_readers: 1024,
             max_group: 1024,
             verify_pages: true,
+            index_lag: DEFAULT_INDEX_LAG,
         }
     }
 }
+
+/// See [`StoreOptions::index_lag`].
+pub const DEFAULT_INDEX_LAG: u64 = 128;
 
 type Db = Database<'static, Bytes, Bytes>;
 
@@ -196,6 +204,12 @@ impl Store {
             }
             head
         };
+        // A damaged record past the indexed head cannot be indexed: the store still opens and
+        // serves what it can, and the writer refuses appends with the error (see writer::run).
+        let tail = {
+            let txn = env.read_txn().map_err(|e| open_error(&path, e))?;
+            writer::Tail::load(&txn, &dbs, head)
+        };
         let shared = Arc::new(Shared {
             env,
             dbs,
@@ -209,9 +223,10 @@ impl Store {
         let (sender, receiver) = mpsc::channel();
         let writer_shared = shared.clone();
         let max_group = options.max_group.max(1);
+        let index_lag = options.index_lag;
         let writer = std::thread::Builder::new()
             .name("umadb-writer".into())
-            .spawn(move || writer::run(writer_shared, receiver, max_group))
+            .spawn(move || writer::run(writer_shared, receiver, max_group, index_lag, tail))
             .map_err(|e| Error::Io(format!("cannot start the writer thread: {e}")))?;
         Ok(Store {
             shared,
@@ -469,6 +484,17 @@ fn check_format(
                 )));
             }
             let version = format::decode_u32(&stamp[8..], "format version")?;
+            if version == 1 {
+                // Version 1 indexed every event: the upgrade records that the indexes cover the
+                // whole log. It commits with the rest of the opening transaction, or not at all.
+                let head = match events.last(txn).map_err(storage_error)? {
+                    Some((key, _)) => format::decode_position_key(key)?,
+                    None => 0,
+                };
+                meta.put(txn, META_INDEXED_HEAD, &head.to_be_bytes())
+                    .map_err(storage_error)?;
+                return write_stamp(txn, meta);
+            }
             if version != FORMAT_VERSION {
                 return Err(Error::Corruption(format!(
                     "{} has on-disk format version {version}; this build reads version {FORMAT_VERSION}",
@@ -484,10 +510,30 @@ fn check_format(
                     path.display()
                 )));
             }
-            let mut stamp = FORMAT_MAGIC.to_vec();
-            stamp.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
-            meta.put(txn, META_FORMAT, &stamp).map_err(storage_error)
+            meta.put(txn, META_INDEXED_HEAD, &0u64.to_be_bytes())
+                .map_err(storage_error)?;
+            write_stamp(txn, meta)
         }
+    }
+}
+
+fn write_stamp(txn: &mut RwTxn, meta: Database<'_, Bytes, Bytes>) -> Result<()> {
+    let mut stamp = FORMAT_MAGIC.to_vec();
+    stamp.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+    meta.put(txn, META_FORMAT, &stamp).map_err(storage_error)
+}
+
+/// The last position the indexes cover (see [`StoreOptions::index_lag`]).
+pub(crate) fn indexed_head(txn: &RoTxn, dbs: &Dbs) -> Result<Position> {
+    match dbs
+        .meta
+        .get(txn, META_INDEXED_HEAD)
+        .map_err(storage_error)?
+    {
+        Some(bytes) => format::decode_u64(bytes, "the indexed head"),
+        None => Err(Error::Corruption(
+            "the store is damaged: its meta database has no indexed head".into(),
+        )),
     }
 }
 

@@ -144,7 +144,7 @@ pub(crate) fn read_range(
     let txn = shared.env.read_txn().map_err(storage_error)?;
     let dbs = &shared.dbs;
     let plan = eval::plan(&txn, dbs, query)?;
-    if let Plan::Items(items) = &plan {
+    if let Plan::Items { items, .. } = &plan {
         if items.is_empty() {
             return Ok(out);
         }
@@ -290,13 +290,21 @@ mod tests {
     //! Damaged page structure cannot be produced on purpose through LMDB, so these tests damage
     //! the log the way it would look to a reader: records missing from the scan, an index that
     //! points at the wrong event.
-    use super::super::{format, Store};
+    use super::super::{format, Store, StoreOptions};
     use crate::error::Error;
     use crate::types::{AppendRequest, Event, Query, QueryItem, ReadRequest};
 
+    /// Ten events, all indexed.
     fn store_of_ten() -> (tempfile::TempDir, Store) {
+        store_of_ten_with(StoreOptions {
+            index_lag: 0,
+            ..Default::default()
+        })
+    }
+
+    fn store_of_ten_with(options: StoreOptions) -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path().join("db")).expect("open");
+        let store = Store::open_with(dir.path().join("db"), options).expect("open");
         for n in 1..=10 {
             let tag = if n % 2 == 0 { "even" } else { "odd" };
             store
@@ -386,6 +394,27 @@ mod tests {
         let even = Query::from_items([QueryItem::new(Vec::<String>::new(), ["even"])]);
         let e = read(&store, None, false, even);
         corruption_naming(&e, "lists position 4");
+    }
+
+    #[test]
+    fn a_damaged_record_past_the_indexed_head_fails_a_query_as_corruption_naming_it() {
+        let (_dir, store) = store_of_ten_with(StoreOptions::default());
+        damage(&store, |txn, dbs| {
+            let mut record = dbs
+                .events
+                .get(txn, &format::position_key(7))
+                .expect("get")
+                .expect("present")
+                .to_vec();
+            let last = record.len() - 1;
+            record[last] ^= 0xff;
+            dbs.events
+                .put(txn, &format::position_key(7), &record)
+                .expect("put");
+        });
+        let even = Query::from_items([QueryItem::new(Vec::<String>::new(), ["even"])]);
+        let e = read(&store, None, false, even);
+        corruption_naming(&e, "position 7 fails its checksum");
     }
 
     #[test]

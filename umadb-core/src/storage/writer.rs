@@ -4,13 +4,20 @@
 //! transaction (a request that fails its checks is rejected alone, before it writes anything),
 //! commits once — one fsync for the whole group — and only then answers every caller and
 //! publishes the new head.
+//!
+//! The indexes may trail the log by up to `index_lag` events (see `StoreOptions::index_lag`):
+//! the writer keeps the index entries of the events past the indexed head in memory ([`Tail`])
+//! and writes them all in the commit that would leave more behind. Until then, queries find
+//! those events by scanning them (`eval::for_each_match`).
 
 use super::format::{self, Kind, MAX_CHUNK_BYTES, MAX_POSITION};
 use super::read::{matching_positions, stored_uuid};
-use super::{chunk, eval, intern, storage_error, tracking_position, Dbs, Job, Shared};
+use super::{
+    chunk, eval, indexed_head, intern, storage_error, tracking_position, Dbs, Job, Shared,
+};
 use crate::error::{Error, Result};
 use crate::types::{AppendCondition, AppendRequest, Event, Position};
-use heed::{PutFlags, RwTxn};
+use heed::{PutFlags, RoTxn, RwTxn};
 use roaring::RoaringBitmap;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -20,7 +27,88 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use uuid::Uuid;
 
-pub fn run(shared: Arc<Shared>, receiver: Receiver<Job>, max_group: usize) {
+/// The events past the indexed head, as the writer keeps them between commits.
+pub(crate) struct Tail {
+    /// The last position the indexes cover.
+    indexed_head: Position,
+    /// (kind, id, position) of the type and each tag of every event after `indexed_head`.
+    keys: Vec<(Kind, u32, Position)>,
+}
+
+impl Tail {
+    /// Reads the events past the indexed head of a store whose last position is `head`.
+    pub(crate) fn load(txn: &RoTxn, dbs: &Dbs, head: Position) -> Result<Tail> {
+        let indexed = indexed_head(txn, dbs)?;
+        if indexed > head {
+            return Err(format::corrupt(format!(
+                "the store is damaged: its indexed head {indexed} lies beyond its last event \
+                 {head}"
+            )));
+        }
+        let mut keys = Vec::new();
+        let from = format::position_key(indexed + 1);
+        let range = (
+            std::ops::Bound::Included(from.as_slice()),
+            std::ops::Bound::Unbounded,
+        );
+        let events = dbs.events.range(txn, &range).map_err(storage_error)?;
+        for (entry, expected) in events.zip(indexed + 1..) {
+            let (key, record) = entry.map_err(storage_error)?;
+            let position = format::decode_position_key(key)?;
+            if position != expected {
+                return Err(format::corrupt(format!(
+                    "positions are not gapless: expected {expected}, found {position}"
+                )));
+            }
+            let (event_type, tags) = format::decode_keys(position, record)?;
+            let named = std::iter::once((Kind::EventType, event_type))
+                .chain(tags.into_iter().map(|tag| (Kind::Tag, tag)));
+            for (kind, name) in named {
+                let id = intern::lookup(txn, dbs, kind, name)?.ok_or_else(|| {
+                    format::corrupt(format!(
+                        "event at position {position}: its {kind:?} {name:?} has no intern entry"
+                    ))
+                })?;
+                keys.push((kind, id, position));
+            }
+        }
+        Ok(Tail {
+            indexed_head: indexed,
+            keys,
+        })
+    }
+}
+
+/// What a committed group did to the indexes.
+enum Indexing {
+    /// The indexes now cover the whole log.
+    Caught,
+    /// These entries of the group's events are left out of them.
+    Left(Vec<(Kind, u32, Position)>),
+}
+
+pub fn run(
+    shared: Arc<Shared>,
+    receiver: Receiver<Job>,
+    max_group: usize,
+    index_lag: u64,
+    tail: Result<Tail>,
+) {
+    let mut tail = match tail {
+        Ok(tail) => tail,
+        Err(e) => {
+            // Appending would mean indexing events it cannot read: refuse every append.
+            let refusal = Error::Corruption(format!(
+                "appends are refused: the events past the indexed head cannot be indexed \
+                 ({}); run 'umadb check' on the store and restore it from a backup",
+                e.message()
+            ));
+            while let Ok(job) = receiver.recv() {
+                (job.reply)(Err(refusal.clone()));
+            }
+            return;
+        }
+    };
     while let Ok(first) = receiver.recv() {
         let mut jobs = vec![first];
         while jobs.len() < max_group {
@@ -30,14 +118,23 @@ pub fn run(shared: Arc<Shared>, receiver: Receiver<Job>, max_group: usize) {
             }
         }
         let before = shared.head.load(Ordering::Acquire);
-        let outcome = catch_unwind(AssertUnwindSafe(|| commit_group(&shared, &jobs)))
-            .unwrap_or_else(|_| {
-                Err(Error::Internal(
-                    "the writer failed unexpectedly; the group was not written".into(),
-                ))
-            });
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            commit_group(&shared, &jobs, index_lag, &tail)
+        }))
+        .unwrap_or_else(|_| {
+            Err(Error::Internal(
+                "the writer failed unexpectedly; the group was not written".into(),
+            ))
+        });
         match outcome {
-            Ok((results, head)) => {
+            Ok((results, head, indexing)) => {
+                match indexing {
+                    Indexing::Caught => {
+                        tail.keys.clear();
+                        tail.indexed_head = head;
+                    }
+                    Indexing::Left(keys) => tail.keys.extend(keys),
+                }
                 if head != before {
                     shared.publish_head(head);
                 }
@@ -56,7 +153,12 @@ pub fn run(shared: Arc<Shared>, receiver: Receiver<Job>, max_group: usize) {
 
 /// Applies and commits a group. The outer error fails every request (nothing was written); the
 /// inner results are per request.
-fn commit_group(shared: &Shared, jobs: &[Job]) -> Result<(Vec<Result<Position>>, Position)> {
+fn commit_group(
+    shared: &Shared,
+    jobs: &[Job],
+    index_lag: u64,
+    tail: &Tail,
+) -> Result<(Vec<Result<Position>>, Position, Indexing)> {
     let dbs = &shared.dbs;
     let mut txn = shared.env.write_txn().map_err(storage_error)?;
     let committed_head = shared.head.load(Ordering::Acquire);
@@ -65,6 +167,7 @@ fn commit_group(shared: &Shared, jobs: &[Job]) -> Result<(Vec<Result<Position>>,
         committed_head,
         head: committed_head,
         pending: Vec::new(),
+        keys: Vec::new(),
         dirty: HashMap::new(),
         buf: Vec::new(),
     };
@@ -77,9 +180,29 @@ fn commit_group(shared: &Shared, jobs: &[Job]) -> Result<(Vec<Result<Position>>,
         };
         results.push(result);
     }
-    group.flush_indexes(&mut txn)?;
+    let indexing = if group.head - tail.indexed_head > index_lag {
+        let mut keys = tail.keys.clone();
+        keys.append(&mut group.keys);
+        // Ascending per key, as chunks are extended; an event naming a tag twice is listed once.
+        keys.sort_unstable_by_key(|&(kind, id, position)| (kind as u8, id, position));
+        keys.dedup();
+        for (kind, id, position) in keys {
+            group.index(&txn, kind, id, position)?;
+        }
+        group.flush_indexes(&mut txn)?;
+        dbs.meta
+            .put(
+                &mut txn,
+                format::META_INDEXED_HEAD,
+                &group.head.to_be_bytes(),
+            )
+            .map_err(storage_error)?;
+        Indexing::Caught
+    } else {
+        Indexing::Left(std::mem::take(&mut group.keys))
+    };
     txn.commit().map_err(storage_error)?;
-    Ok((results, group.head))
+    Ok((results, group.head, indexing))
 }
 
 enum Decision {
@@ -90,11 +213,13 @@ enum Decision {
 
 struct Group<'a> {
     dbs: &'a Dbs,
-    /// Head before this group; the indexes in the transaction cover exactly `1..=committed_head`.
+    /// Head before this group.
     committed_head: Position,
     head: Position,
     /// Events written by earlier requests of this group, not yet in the indexes.
     pending: Vec<(Position, &'a Event)>,
+    /// Index entries of this group's events.
+    keys: Vec<(Kind, u32, Position)>,
     /// Index chunks touched by this group, written once before commit.
     dirty: HashMap<(Kind, u32), DirtyKey>,
     buf: Vec<u8>,
@@ -232,7 +357,7 @@ impl<'a> Group<'a> {
                 _ => intern::get_or_create(txn, dbs, kind, name)?,
             };
             last = Some((kind, name, id));
-            self.index(txn, kind, id, position)?;
+            self.keys.push((kind, id, position));
         }
         self.head += request.events.len() as u64;
         if let Some(tracking) = &request.tracking_info {
