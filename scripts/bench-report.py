@@ -109,6 +109,11 @@ The engine's in-process criterion benchmarks are separate:
 
 {machine}
 
+The disk and CPU rows come from a probe the suite runs in its working directory (see
+`scripts/bench`), so that figures taken on different machines can be compared. The targets were
+set on a machine whose disk completed an fdatasync in about 0.2 ms; one client's durable appends
+cannot outrun the disk's commit time (second disk row), whatever the server does.
+
 ## Targets
 
 {targets}
