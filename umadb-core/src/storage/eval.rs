@@ -13,7 +13,7 @@
 use super::format::{self, Kind};
 use super::{indexed_head, intern, storage_error, Dbs};
 use crate::error::{Error, Result};
-use crate::types::{Position, Query};
+use crate::types::{Position, Query, QueryItem};
 use heed::RoTxn;
 use roaring::RoaringBitmap;
 use std::cell::Cell;
@@ -28,17 +28,16 @@ thread_local! {
 pub enum Plan<'q> {
     /// Some item has no types and no tags: every event matches.
     All,
-    /// Items that can match something in the indexes (an item naming an unknown tag cannot),
-    /// and the query itself, for the events past the indexed head.
-    Items {
-        items: Vec<ItemPlan>,
-        query: &'q Query,
-    },
+    /// Items that can match something (an item naming an unknown tag cannot: every event's
+    /// type and tags are interned when it is written).
+    Items(Vec<ItemPlan<'q>>),
 }
 
-pub struct ItemPlan {
+pub struct ItemPlan<'q> {
     tags: Vec<u32>,
     types: Vec<u32>,
+    /// The item as asked, matched against the events past the indexed head.
+    item: &'q QueryItem,
 }
 
 pub fn plan<'q>(txn: &RoTxn, dbs: &Dbs, query: &'q Query) -> Result<Plan<'q>> {
@@ -70,9 +69,9 @@ pub fn plan<'q>(txn: &RoTxn, dbs: &Dbs, query: &'q Query) -> Result<Plan<'q>> {
         }
         types.sort_unstable();
         types.dedup();
-        items.push(ItemPlan { tags, types });
+        items.push(ItemPlan { tags, types, item });
     }
-    Ok(Plan::Items { items, query })
+    Ok(Plan::Items(items))
 }
 
 /// Calls `visit` with each matching position in `lo..=hi`, ascending or (when `backwards`)
@@ -96,14 +95,19 @@ pub fn for_each_match(
             visit(position, Some(record))
         })
         .map(drop),
-        Plan::Items { items, query } => {
+        Plan::Items(items) => {
             let indexed = indexed_head(txn, dbs)?;
             let (index_lo, index_hi) = (lo, hi.min(indexed));
-            let (tail_lo, tail_hi) = (lo.max(indexed.saturating_add(1)), hi);
+            // With no item left, nothing past the index can match either: no scan.
+            let (tail_lo, tail_hi) = if items.is_empty() {
+                (1, 0)
+            } else {
+                (lo.max(indexed.saturating_add(1)), hi)
+            };
             let tail = |visit: &mut dyn FnMut(Position, Option<&[u8]>) -> _| {
                 scan(txn, dbs, tail_lo, tail_hi, backwards, |position, record| {
                     let (event_type, tags) = format::decode_keys(position, record)?;
-                    if query.matches_keys(event_type, &tags) {
+                    if items.iter().any(|p| p.item.matches_keys(event_type, &tags)) {
                         visit(position, Some(record))
                     } else {
                         Ok(ControlFlow::Continue(()))
@@ -184,7 +188,7 @@ fn scan(
 fn walk_index(
     txn: &RoTxn,
     dbs: &Dbs,
-    items: &[ItemPlan],
+    items: &[ItemPlan<'_>],
     lo: Position,
     hi: Position,
     backwards: bool,
@@ -249,7 +253,7 @@ struct ItemCursors {
 }
 
 impl ItemCursors {
-    fn new(plan: &ItemPlan) -> Self {
+    fn new(plan: &ItemPlan<'_>) -> Self {
         ItemCursors {
             tags: plan
                 .tags

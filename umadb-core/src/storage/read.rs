@@ -144,7 +144,7 @@ pub(crate) fn read_range(
     let txn = shared.env.read_txn().map_err(storage_error)?;
     let dbs = &shared.dbs;
     let plan = eval::plan(&txn, dbs, query)?;
-    if let Plan::Items { items, .. } = &plan {
+    if let Plan::Items(items) = &plan {
         if items.is_empty() {
             return Ok(out);
         }
