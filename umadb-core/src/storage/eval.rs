@@ -130,7 +130,7 @@ pub fn for_each_match(
 }
 
 /// Calls `step` with each stored event in `lo..=hi`, in order, until it returns `Break`.
-fn scan(
+pub(crate) fn scan(
     txn: &RoTxn,
     dbs: &Dbs,
     lo: Position,

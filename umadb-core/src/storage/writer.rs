@@ -46,20 +46,7 @@ impl Tail {
             )));
         }
         let mut keys = Vec::new();
-        let from = format::position_key(indexed + 1);
-        let range = (
-            std::ops::Bound::Included(from.as_slice()),
-            std::ops::Bound::Unbounded,
-        );
-        let events = dbs.events.range(txn, &range).map_err(storage_error)?;
-        for (entry, expected) in events.zip(indexed + 1..) {
-            let (key, record) = entry.map_err(storage_error)?;
-            let position = format::decode_position_key(key)?;
-            if position != expected {
-                return Err(format::corrupt(format!(
-                    "positions are not gapless: expected {expected}, found {position}"
-                )));
-            }
+        eval::scan(txn, dbs, indexed + 1, head, false, |position, record| {
             let (event_type, tags) = format::decode_keys(position, record)?;
             let named = std::iter::once((Kind::EventType, event_type))
                 .chain(tags.into_iter().map(|tag| (Kind::Tag, tag)));
@@ -71,7 +58,9 @@ impl Tail {
                 })?;
                 keys.push((kind, id, position));
             }
-        }
+            Ok(std::ops::ControlFlow::Continue(()))
+        })
+        .map(drop)?;
         Ok(Tail {
             indexed_head: indexed,
             keys,
