@@ -11,7 +11,7 @@ pub use error::{Error, Result};
 #[doc(hidden)]
 pub use storage::{debug_counters, reset_debug_counters};
 #[cfg(feature = "storage")]
-pub use storage::{CheckReport, PageSummary, Reader, Store, StoreOptions};
+pub use storage::{CheckReport, PageSummary, Reader, Store, StoreOptions, DEFAULT_INDEX_LAG};
 pub use types::{
     AppendCondition, AppendRequest, Event, Position, Query, QueryItem, ReadRequest, SequencedEvent,
     TrackingInfo, MAX_STRING_LEN,

@@ -8,9 +8,11 @@
 //! and the walk stops as soon as the caller has enough positions.
 //!
 //! The indexes cover the log up to the indexed head (see `StoreOptions::index_lag`); the few
-//! events after it are scanned and matched on their own type and tags.
+//! events after it are matched on their type and tag ids as the writer keeps them in memory
+//! (`recent`), or, when a snapshot is older than that window, by scanning their records.
 
 use super::format::{self, Kind};
+use super::recent::Recent;
 use super::{indexed_head, intern, storage_error, Dbs};
 use crate::error::{Error, Result};
 use crate::types::{Position, Query, QueryItem};
@@ -76,11 +78,14 @@ pub fn plan<'q>(txn: &RoTxn, dbs: &Dbs, query: &'q Query) -> Result<Plan<'q>> {
 
 /// Calls `visit` with each matching position in `lo..=hi`, ascending or (when `backwards`)
 /// descending, until it returns `Break` or the range is exhausted. When the walk scans the
-/// events themselves (a query matching everything, or the events past the indexed head),
-/// `visit` also gets the record's bytes.
+/// events themselves (a query matching everything, or the events past the indexed head when
+/// `recent` does not hold them), `visit` also gets the record's bytes. `hi` must not lie beyond
+/// the last event of `txn`'s snapshot.
+#[allow(clippy::too_many_arguments)]
 pub fn for_each_match(
     txn: &RoTxn,
     dbs: &Dbs,
+    recent: &Recent,
     plan: &Plan,
     lo: Position,
     hi: Position,
@@ -104,18 +109,17 @@ pub fn for_each_match(
             } else {
                 (lo.max(indexed.saturating_add(1)), hi)
             };
-            let tail = |visit: &mut dyn FnMut(Position, Option<&[u8]>) -> _| {
-                scan(txn, dbs, tail_lo, tail_hi, backwards, |position, record| {
-                    let (event_type, tags) = format::decode_keys(position, record)?;
-                    if items.iter().any(|p| p.item.matches_keys(event_type, &tags)) {
-                        visit(position, Some(record))
-                    } else {
-                        Ok(ControlFlow::Continue(()))
-                    }
-                })
+            let tail = Tail {
+                txn,
+                dbs,
+                recent,
+                items,
+                lo: tail_lo,
+                hi: tail_hi,
+                backwards,
             };
             if backwards {
-                if tail(&mut visit)?.is_break() {
+                if tail.visit(&mut visit)?.is_break() {
                     return Ok(());
                 }
                 walk_index(txn, dbs, items, index_lo, index_hi, true, &mut visit).map(drop)
@@ -123,9 +127,60 @@ pub fn for_each_match(
                 if walk_index(txn, dbs, items, index_lo, index_hi, false, &mut visit)?.is_break() {
                     return Ok(());
                 }
-                tail(&mut visit).map(drop)
+                tail.visit(&mut visit).map(drop)
             }
         }
+    }
+}
+
+/// The events past the indexed head that a walk visits.
+struct Tail<'a, 'e, 'q> {
+    txn: &'a RoTxn<'e>,
+    dbs: &'a Dbs,
+    recent: &'a Recent,
+    items: &'a [ItemPlan<'q>],
+    lo: Position,
+    hi: Position,
+    backwards: bool,
+}
+
+impl Tail<'_, '_, '_> {
+    /// Calls `visit` with each position some item matches, in order, until it returns `Break`:
+    /// matched on the keys the writer kept when they cover the range, else on the records.
+    fn visit(
+        &self,
+        visit: &mut impl FnMut(Position, Option<&[u8]>) -> Result<ControlFlow<()>>,
+    ) -> Result<ControlFlow<()>> {
+        let (items, backwards) = (self.items, self.backwards);
+        let kept = self.recent.matching(self.lo, self.hi, |keys| {
+            items.iter().any(|p| keys.matches(&p.types, &p.tags))
+        });
+        if let Some(mut positions) = kept {
+            if backwards {
+                positions.reverse();
+            }
+            for position in positions {
+                if visit(position, None)?.is_break() {
+                    return Ok(ControlFlow::Break(()));
+                }
+            }
+            return Ok(ControlFlow::Continue(()));
+        }
+        scan(
+            self.txn,
+            self.dbs,
+            self.lo,
+            self.hi,
+            backwards,
+            |position, record| {
+                let (event_type, tags) = format::decode_keys(position, record)?;
+                if items.iter().any(|p| p.item.matches_keys(event_type, &tags)) {
+                    visit(position, Some(record))
+                } else {
+                    Ok(ControlFlow::Continue(()))
+                }
+            },
+        )
     }
 }
 
@@ -438,5 +493,107 @@ pub fn load_chunk_holding(
     match stored_chunk_holding(txn, dbs, kind, id, position)? {
         Some((base, bytes)) => Ok(Some((base, decode_bitmap(kind, id, base, bytes)?))),
         None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The events past the indexed head are matched on the keys the writer keeps (`recent`)
+    //! or, for a snapshot older than that window, by scanning their records: both must give
+    //! the same positions.
+    use super::super::{Store, StoreOptions};
+    use super::*;
+    use crate::types::{AppendRequest, Event};
+
+    fn matches(
+        store: &Store,
+        recent: &Recent,
+        query: &Query,
+        lo: u64,
+        hi: u64,
+        back: bool,
+    ) -> Vec<u64> {
+        let shared = &store.shared;
+        let txn = shared.env.read_txn().expect("read txn");
+        let plan = plan(&txn, &shared.dbs, query).expect("plan");
+        let mut found = Vec::new();
+        for_each_match(&txn, &shared.dbs, recent, &plan, lo, hi, back, |p, _| {
+            found.push(p);
+            Ok(ControlFlow::Continue(()))
+        })
+        .expect("evaluate");
+        found
+    }
+
+    #[test]
+    fn the_kept_keys_and_a_scan_of_the_records_match_the_same_events() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = StoreOptions {
+            index_lag: 40,
+            ..Default::default()
+        };
+        let store = Store::open_with(dir.path().join("db"), options).expect("open");
+        let types = ["A", "B", "C"];
+        let tags = ["t0", "t1", "t2", "t3", "t4", "t5"];
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let mut log: Vec<Event> = Vec::new();
+        for _ in 0..130 {
+            let events: Vec<Event> = (0..1 + next(3))
+                .map(|_| {
+                    let event_tags: Vec<&str> = (0..next(4)).map(|_| tags[next(6)]).collect();
+                    Event::new(types[next(3)], event_tags, vec![])
+                })
+                .collect();
+            log.extend(events.iter().cloned());
+            let request = AppendRequest {
+                events,
+                ..Default::default()
+            };
+            store.append(request).expect("append");
+        }
+        let head = log.len() as u64;
+        let kept = store.shared.recent.len() as u64;
+        assert!(kept > 0, "the writer keeps the keys past the indexed head");
+        let scan_only = Recent::default();
+        let none = Vec::<String>::new;
+        let queries = [
+            Query::from_items([QueryItem::new(["A"], none())]),
+            Query::from_items([QueryItem::new(["A", "B"], none())]),
+            Query::from_items([QueryItem::new(none(), ["t1"])]),
+            Query::from_items([QueryItem::new(["B", "C"], ["t2"])]),
+            Query::from_items([QueryItem::new(none(), ["t2", "t3"])]),
+            Query::from_items([
+                QueryItem::new(["A", "Z"], ["t4"]),
+                QueryItem::new(["C"], ["t0"]),
+            ]),
+            Query::from_items([QueryItem::new(none(), ["t5", "unknown"])]),
+        ];
+        for query in &queries {
+            for (lo, hi) in [
+                (1, head),
+                (head - kept / 2, head),
+                (head - kept - 3, head - 2),
+            ] {
+                for back in [false, true] {
+                    let mut expected: Vec<u64> = (lo..=hi)
+                        .filter(|&p| query.matches(&log[p as usize - 1]))
+                        .collect();
+                    if back {
+                        expected.reverse();
+                    }
+                    let context = format!("{query:?} in {lo}..={hi}, backwards {back}");
+                    let kept_keys = matches(&store, &store.shared.recent, query, lo, hi, back);
+                    assert_eq!(kept_keys, expected, "kept keys: {context}");
+                    let scanned = matches(&store, &scan_only, query, lo, hi, back);
+                    assert_eq!(scanned, expected, "scan: {context}");
+                }
+            }
+        }
     }
 }

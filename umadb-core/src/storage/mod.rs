@@ -10,6 +10,7 @@ mod format;
 mod intern;
 mod pages;
 mod read;
+mod recent;
 mod writer;
 
 pub use check::CheckReport;
@@ -96,6 +97,8 @@ pub(crate) struct Shared {
     /// Last committed position (0 for an empty store).
     pub head: AtomicU64,
     pub closed: AtomicBool,
+    /// Keys of the events past the indexed head, for the writer and queries alike.
+    pub recent: recent::Recent,
     head_lock: Mutex<()>,
     head_changed: Condvar,
     listeners: Mutex<Vec<CommitListener>>,
@@ -142,6 +145,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Store {
     shared: Arc<Shared>,
     pages: Option<PageSummary>,
+    index_lag: u64,
     sender: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -216,6 +220,7 @@ impl Store {
             path,
             head: AtomicU64::new(head),
             closed: AtomicBool::new(false),
+            recent: recent::Recent::default(),
             head_lock: Mutex::new(()),
             head_changed: Condvar::new(),
             listeners: Mutex::new(Vec::new()),
@@ -231,6 +236,7 @@ impl Store {
         Ok(Store {
             shared,
             pages,
+            index_lag,
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(writer)),
         })
@@ -239,6 +245,12 @@ impl Store {
     /// The directory the store lives in.
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// Most events the indexes may trail the log by, as opened (see
+    /// [`StoreOptions::index_lag`]).
+    pub fn index_lag(&self) -> u64 {
+        self.index_lag
     }
 
     /// What the page walk at open found, when the store existed and was walked.

@@ -2,6 +2,7 @@
 //! pages.
 
 use super::eval::{self, Plan};
+use super::recent::Recent;
 use super::{append_tracking, format, nonzero, storage_error, Dbs, Shared};
 use crate::error::Result;
 use crate::types::{Position, Query, ReadRequest, SequencedEvent, TrackingInfo};
@@ -150,29 +151,39 @@ pub(crate) fn read_range(
         }
     }
     let mut tracking_cache: Option<(Position, Position, TrackingInfo)> = None;
-    eval::for_each_match(&txn, dbs, &plan, lo, hi, backwards, |position, record| {
-        let event = match record {
-            Some(bytes) => sequenced(&txn, dbs, position, bytes, &mut tracking_cache)?,
-            None => {
-                let bytes = fetch_record(&txn, dbs, position)?;
-                let event = sequenced(&txn, dbs, position, bytes, &mut tracking_cache)?;
-                // The indexes led here: a damaged index must not pass off other events.
-                if !query.matches(&event.event) {
-                    return Err(format::corrupt(format!(
-                        "the index is damaged: it lists position {position} for a query the \
+    let recent = &shared.recent;
+    eval::for_each_match(
+        &txn,
+        dbs,
+        recent,
+        &plan,
+        lo,
+        hi,
+        backwards,
+        |position, record| {
+            let event = match record {
+                Some(bytes) => sequenced(&txn, dbs, position, bytes, &mut tracking_cache)?,
+                None => {
+                    let bytes = fetch_record(&txn, dbs, position)?;
+                    let event = sequenced(&txn, dbs, position, bytes, &mut tracking_cache)?;
+                    // The indexes led here: a damaged index must not pass off other events.
+                    if !query.matches(&event.event) {
+                        return Err(format::corrupt(format!(
+                            "the index is damaged: it lists position {position} for a query the \
                          event there does not match"
-                    )));
+                        )));
+                    }
+                    event
                 }
-                event
-            }
-        };
-        out.push(event);
-        Ok(if out.len() >= max {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
-        })
-    })?;
+            };
+            out.push(event);
+            Ok(if out.len() >= max {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
+        },
+    )?;
     if matches!(plan, Plan::All) && out.len() < max {
         check_scan_complete(head, &out, lo, hi, backwards)?;
     }
@@ -253,6 +264,7 @@ fn sequenced(
 pub(crate) fn matching_positions(
     txn: &RoTxn,
     dbs: &Dbs,
+    recent: &Recent,
     query: &Query,
     lo: Position,
     hi: Position,
@@ -263,7 +275,7 @@ pub(crate) fn matching_positions(
         return Ok(out);
     }
     let plan = eval::plan(txn, dbs, query)?;
-    eval::for_each_match(txn, dbs, &plan, lo, hi, false, |position, _| {
+    eval::for_each_match(txn, dbs, recent, &plan, lo, hi, false, |position, _| {
         out.push(position);
         Ok(if out.len() >= max {
             ControlFlow::Break(())
@@ -398,7 +410,7 @@ mod tests {
 
     #[test]
     fn a_damaged_record_past_the_indexed_head_fails_a_query_as_corruption_naming_it() {
-        let (_dir, store) = store_of_ten_with(StoreOptions::default());
+        let (dir, store) = store_of_ten_with(StoreOptions::default());
         damage(&store, |txn, dbs| {
             let mut record = dbs
                 .events
@@ -412,9 +424,31 @@ mod tests {
                 .put(txn, &format::position_key(7), &record)
                 .expect("put");
         });
+        let odd = Query::from_items([QueryItem::new(Vec::<String>::new(), ["odd"])]);
         let even = Query::from_items([QueryItem::new(Vec::<String>::new(), ["even"])]);
-        let e = read(&store, None, false, even);
+        // Matched on the keys the writer kept: only a query that matches it reads the record.
+        let e = read(&store, None, false, odd.clone());
         corruption_naming(&e, "position 7 fails its checksum");
+        let (served, _) = store
+            .read_all(ReadRequest {
+                query: even.clone(),
+                ..Default::default()
+            })
+            .expect("the events the query matches are intact");
+        assert_eq!(served.len(), 5);
+        // Reopened, the tail is read from the records again: every query past the indexed head
+        // scans them, and appends are refused.
+        drop(store);
+        let store = Store::open(dir.path().join("db")).expect("reopen");
+        corruption_naming(&read(&store, None, false, even), "position 7");
+        corruption_naming(&read(&store, None, true, odd), "position 7");
+        let refused = store
+            .append(AppendRequest {
+                events: vec![Event::new("E", ["odd"], vec![11])],
+                ..Default::default()
+            })
+            .expect_err("an append over an unreadable tail");
+        corruption_naming(&refused, "position 7");
     }
 
     #[test]

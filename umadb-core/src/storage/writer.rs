@@ -6,12 +6,13 @@
 //! publishes the new head.
 //!
 //! The indexes may trail the log by up to `index_lag` events (see `StoreOptions::index_lag`):
-//! the writer keeps the index entries of the events past the indexed head in memory ([`Tail`])
-//! and writes them all in the commit that would leave more behind. Until then, queries find
-//! those events by scanning them (`eval::for_each_match`).
+//! the writer keeps the type and tag ids of the events past the indexed head in memory
+//! (`recent`, shared with readers) and indexes them all in the commit that would leave more
+//! behind. Until then, queries match those events on those ids (`eval::for_each_match`).
 
 use super::format::{self, Kind, MAX_CHUNK_BYTES, MAX_POSITION};
 use super::read::{matching_positions, stored_uuid};
+use super::recent::{EventKeys, Recent};
 use super::{
     chunk, eval, indexed_head, intern, storage_error, tracking_position, Dbs, Job, Shared,
 };
@@ -27,12 +28,12 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use uuid::Uuid;
 
-/// The events past the indexed head, as the writer keeps them between commits.
+/// The events past the indexed head of a store as opened.
 pub(crate) struct Tail {
     /// The last position the indexes cover.
     indexed_head: Position,
-    /// (kind, id, position) of the type and each tag of every event after `indexed_head`.
-    keys: Vec<(Kind, u32, Position)>,
+    /// The keys of every event after `indexed_head`, in order.
+    events: Vec<EventKeys>,
 }
 
 impl Tail {
@@ -45,35 +46,38 @@ impl Tail {
                  {head}"
             )));
         }
-        let mut keys = Vec::new();
+        let mut events = Vec::new();
         eval::scan(txn, dbs, indexed + 1, head, false, |position, record| {
             let (event_type, tags) = format::decode_keys(position, record)?;
-            let named = std::iter::once((Kind::EventType, event_type))
-                .chain(tags.into_iter().map(|tag| (Kind::Tag, tag)));
-            for (kind, name) in named {
-                let id = intern::lookup(txn, dbs, kind, name)?.ok_or_else(|| {
+            let id = |kind: Kind, name: &str| {
+                intern::lookup(txn, dbs, kind, name)?.ok_or_else(|| {
                     format::corrupt(format!(
                         "event at position {position}: its {kind:?} {name:?} has no intern entry"
                     ))
-                })?;
-                keys.push((kind, id, position));
-            }
+                })
+            };
+            let tag_ids = tags
+                .into_iter()
+                .map(|tag| id(Kind::Tag, tag))
+                .collect::<Result<_>>()?;
+            events.push(EventKeys::new(id(Kind::EventType, event_type)?, tag_ids));
             Ok(std::ops::ControlFlow::Continue(()))
         })
         .map(drop)?;
         Ok(Tail {
             indexed_head: indexed,
-            keys,
+            events,
         })
     }
 }
 
-/// What a committed group did to the indexes.
-enum Indexing {
-    /// The indexes now cover the whole log.
-    Caught,
-    /// These entries of the group's events are left out of them.
-    Left(Vec<(Kind, u32, Position)>),
+/// A committed group's events as the writer hands them on.
+struct Committed {
+    head: Position,
+    /// Whether the commit indexed every event up to `head`.
+    indexed: bool,
+    /// The keys of the group's events, in order.
+    events: Vec<EventKeys>,
 }
 
 pub fn run(
@@ -83,8 +87,11 @@ pub fn run(
     index_lag: u64,
     tail: Result<Tail>,
 ) {
-    let mut tail = match tail {
-        Ok(tail) => tail,
+    let mut indexed_head = match tail {
+        Ok(tail) => {
+            shared.recent.extend(tail.indexed_head + 1, tail.events);
+            tail.indexed_head
+        }
         Err(e) => {
             // Appending would mean indexing events it cannot read: refuse every append.
             let refusal = Error::Corruption(format!(
@@ -108,7 +115,7 @@ pub fn run(
         }
         let before = shared.head.load(Ordering::Acquire);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            commit_group(&shared, &jobs, index_lag, &tail)
+            commit_group(&shared, &jobs, index_lag, indexed_head)
         }))
         .unwrap_or_else(|_| {
             Err(Error::Internal(
@@ -116,13 +123,17 @@ pub fn run(
             ))
         });
         match outcome {
-            Ok((results, head, indexing)) => {
-                match indexing {
-                    Indexing::Caught => {
-                        tail.keys.clear();
-                        tail.indexed_head = head;
+            Ok((results, committed)) => {
+                let head = committed.head;
+                shared.recent.extend(before + 1, committed.events);
+                if committed.indexed {
+                    // Keep the keys readers on the snapshot before this commit still match on,
+                    // unless that is a window of large groups better served by scanning.
+                    shared.recent.forget_through(indexed_head);
+                    if shared.recent.len() as u64 > index_lag.saturating_mul(2).max(1024) {
+                        shared.recent.forget_through(head);
                     }
-                    Indexing::Left(keys) => tail.keys.extend(keys),
+                    indexed_head = head;
                 }
                 if head != before {
                     shared.publish_head(head);
@@ -146,13 +157,14 @@ fn commit_group(
     shared: &Shared,
     jobs: &[Job],
     index_lag: u64,
-    tail: &Tail,
-) -> Result<(Vec<Result<Position>>, Position, Indexing)> {
+    indexed_head: Position,
+) -> Result<(Vec<Result<Position>>, Committed)> {
     let dbs = &shared.dbs;
     let mut txn = shared.env.write_txn().map_err(storage_error)?;
     let committed_head = shared.head.load(Ordering::Acquire);
     let mut group = Group {
         dbs,
+        recent: &shared.recent,
         committed_head,
         head: committed_head,
         pending: Vec::new(),
@@ -169,8 +181,18 @@ fn commit_group(
         };
         results.push(result);
     }
-    let indexing = if group.head - tail.indexed_head > index_lag {
-        let mut keys = tail.keys.clone();
+    let events = group.event_keys();
+    let indexed = group.head - indexed_head > index_lag;
+    if indexed {
+        let mut keys = shared
+            .recent
+            .index_entries(indexed_head + 1, committed_head)
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "the writer lost the keys of the events after the indexed head \
+                     {indexed_head}; the group was not written"
+                ))
+            })?;
         keys.append(&mut group.keys);
         // Ascending per key, as chunks are extended; an event naming a tag twice is listed once.
         keys.sort_unstable_by_key(|&(kind, id, position)| (kind as u8, id, position));
@@ -186,12 +208,14 @@ fn commit_group(
                 &group.head.to_be_bytes(),
             )
             .map_err(storage_error)?;
-        Indexing::Caught
-    } else {
-        Indexing::Left(std::mem::take(&mut group.keys))
-    };
+    }
     txn.commit().map_err(storage_error)?;
-    Ok((results, group.head, indexing))
+    let committed = Committed {
+        head: group.head,
+        indexed,
+        events,
+    };
+    Ok((results, committed))
 }
 
 enum Decision {
@@ -202,6 +226,7 @@ enum Decision {
 
 struct Group<'a> {
     dbs: &'a Dbs,
+    recent: &'a Recent,
     /// Head before this group.
     committed_head: Position,
     head: Position,
@@ -294,6 +319,7 @@ impl<'a> Group<'a> {
         let mut found = matching_positions(
             txn,
             self.dbs,
+            self.recent,
             query,
             after.saturating_add(1),
             self.committed_head,
@@ -370,6 +396,25 @@ impl<'a> Group<'a> {
         } else {
             self.head
         })
+    }
+
+    /// The keys of the events this group wrote, in order.
+    fn event_keys(&self) -> Vec<EventKeys> {
+        let count = (self.head - self.committed_head) as usize;
+        let mut types = vec![0; count];
+        let mut tags = vec![Vec::new(); count];
+        for &(kind, id, position) in &self.keys {
+            let i = (position - self.committed_head - 1) as usize;
+            match kind {
+                Kind::EventType => types[i] = id,
+                _ => tags[i].push(id),
+            }
+        }
+        types
+            .into_iter()
+            .zip(tags)
+            .map(|(event_type, tags)| EventKeys::new(event_type, tags))
+            .collect()
     }
 
     fn index(&mut self, txn: &RwTxn, kind: Kind, id: u32, position: Position) -> Result<()> {
