@@ -32,6 +32,9 @@ pub struct ServerConfig {
     /// allow rotation.
     pub api_keys: Vec<String>,
     pub limits: Limits,
+    /// Most events the store's indexes may trail its log by (see
+    /// `umadb_core::StoreOptions::index_lag`).
+    pub index_lag: u64,
 }
 
 impl ServerConfig {
@@ -43,6 +46,7 @@ impl ServerConfig {
             tls: None,
             api_keys: Vec::new(),
             limits: Limits::default(),
+            index_lag: umadb_core::DEFAULT_INDEX_LAG,
         }
     }
 }
@@ -59,6 +63,7 @@ impl fmt::Debug for ServerConfig {
                 &format_args!("[{} redacted]", self.api_keys.len()),
             )
             .field("limits", &self.limits)
+            .field("index_lag", &self.index_lag)
             .finish()
     }
 }

@@ -37,7 +37,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
-use umadb_core::Store;
+use umadb_core::{Store, StoreOptions};
 use umadb_proto::v1::dcb_server::DcbServer;
 
 /// The name under which the DCB service reports its health.
@@ -165,7 +165,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     };
     let db_path = config.db_path.clone();
     let opening = std::time::Instant::now();
-    let store = tokio::task::spawn_blocking(move || Store::open(db_path))
+    let options = StoreOptions {
+        index_lag: config.index_lag,
+        ..StoreOptions::default()
+    };
+    let store = tokio::task::spawn_blocking(move || Store::open_with(db_path, options))
         .await
         .map_err(|e| ServerError::Store(umadb_core::Error::Internal(e.to_string())))?
         .map_err(ServerError::Store)?;
@@ -273,7 +277,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
 
     let data = std::fs::canonicalize(&config.db_path).unwrap_or_else(|_| config.db_path.clone());
     tracing::info!(
-        "umadb {} listening on {local_addr} ({}, {}); data in {} (head {})",
+        "umadb {} listening on {local_addr} ({}, {}); data in {} (head {}, index lag {})",
         env!("CARGO_PKG_VERSION"),
         if config.tls.is_some() {
             "TLS"
@@ -287,6 +291,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         },
         data.display(),
         store.head().map_or("none".to_string(), |h| h.to_string()),
+        store.index_lag(),
     );
     Ok(RunningServer {
         local_addr,

@@ -85,6 +85,12 @@ struct ServeArgs {
     #[arg(long, env = "UMADB_MAX_EVENTS_PER_APPEND", default_value_t = Limits::default().max_events_per_append)]
     max_events_per_append: usize,
 
+    /// Most events the indexes may trail the log by. Queries match the newest events without
+    /// them; a higher lag means fewer index pages written per small commit. 0 indexes every
+    /// commit's events at once
+    #[arg(long, env = "UMADB_INDEX_LAG", default_value_t = umadb_core::DEFAULT_INDEX_LAG)]
+    index_lag: u64,
+
     /// Verify the whole store (as `umadb check` does) before serving it, and refuse a damaged
     /// one. Takes time in proportion to the store's size
     #[arg(long, env = "UMADB_VERIFY_ON_START")]
@@ -138,6 +144,7 @@ impl ServeArgs {
             (self.request_timeout > 0).then(|| Duration::from_secs(self.request_timeout));
         config.limits.max_message_bytes = self.max_message_bytes;
         config.limits.max_events_per_append = self.max_events_per_append;
+        config.index_lag = self.index_lag;
         Ok(config)
     }
 }

@@ -363,6 +363,43 @@ async fn the_startup_line_says_where_it_listens_and_where_the_data_is() {
     assert!(line.contains(canonical.to_str().unwrap()), "{line}");
 }
 
+#[tokio::test]
+async fn the_index_lag_comes_from_its_option_or_the_environment_and_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let default = Umadb::spawn(&db, &["--listen", "127.0.0.1:0"], &[]);
+    let log = default.log();
+    assert!(log.contains("index lag 128"), "{log}");
+    drop(default);
+    for (args, env, lag) in [
+        (&["--index-lag", "0"][..], &[][..], "index lag 0"),
+        (&[][..], &[("UMADB_INDEX_LAG", "7")][..], "index lag 7"),
+    ] {
+        let mut all_args = vec!["--listen", "127.0.0.1:0"];
+        all_args.extend(args);
+        let server = Umadb::spawn(&db, &all_args, env);
+        let log = server.log();
+        assert!(log.contains(lag), "{log}");
+        // The same store, opened with another lag each time, answers the same.
+        let mut client = server.client().await;
+        let tagged = vec![event("Seen", &["lag"], b"")];
+        let position = append(&mut client, append_request(tagged)).await.unwrap();
+        let request = v1::ReadRequest {
+            query: query(vec![item(&[], &["lag"])]),
+            ..Default::default()
+        };
+        let (events, _) = read_all(&mut client, request).await.unwrap();
+        assert_eq!(positions(&events).last(), Some(&position), "{lag}");
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_umadb"))
+        .args(["--index-lag", "lots", "--db-path"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--index-lag"));
+}
+
 #[test]
 fn version_and_help_describe_every_option() {
     let version = Command::new(env!("CARGO_BIN_EXE_umadb"))
@@ -382,11 +419,13 @@ fn version_and_help_describe_every_option() {
         "--tls-cert",
         "--tls-key",
         "--api-key",
+        "--index-lag",
         "UMADB_LISTEN",
         "UMADB_DB_PATH",
         "UMADB_TLS_CERT",
         "UMADB_TLS_KEY",
         "UMADB_API_KEY",
+        "UMADB_INDEX_LAG",
         "127.0.0.1:50051",
     ] {
         assert!(
