@@ -73,22 +73,47 @@ where
         }
     });
     Outbox {
-        rx,
+        complete: Vec::new().into_iter(),
+        rx: Some(rx),
         end: Some(end_rx),
     }
 }
 
 /// The stream handed to tonic: every queued message, then the final status if there is one.
 pub(crate) struct Outbox<T> {
-    rx: mpsc::Receiver<Result<T, Status>>,
+    /// Messages known in full when the call was answered.
+    complete: std::vec::IntoIter<T>,
+    /// The producer's queue; none when `complete` is the whole stream.
+    rx: Option<mpsc::Receiver<Result<T, Status>>>,
     end: Option<oneshot::Receiver<Status>>,
 }
+
+impl<T> Outbox<T> {
+    /// A stream of exactly these messages, ending cleanly. The transport finds them ready with
+    /// the response headers, so a short answer leaves in one write instead of several.
+    pub fn complete(messages: Vec<T>) -> Self {
+        Outbox {
+            complete: messages.into_iter(),
+            rx: None,
+            end: None,
+        }
+    }
+}
+
+// Nothing in an Outbox is pinned: messages are moved out of it, never polled in place.
+impl<T> Unpin for Outbox<T> {}
 
 impl<T> Stream for Outbox<T> {
     type Item = Result<T, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match self.rx.poll_recv(cx) {
+        if let Some(message) = self.complete.next() {
+            return Poll::Ready(Some(Ok(message)));
+        }
+        let Some(rx) = self.rx.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match rx.poll_recv(cx) {
             Poll::Ready(Some(item)) => Poll::Ready(Some(item)),
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
@@ -150,6 +175,31 @@ impl BatchSizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_stream::StreamExt;
+
+    #[tokio::test]
+    async fn a_complete_outbox_yields_its_messages_then_ends_cleanly() {
+        let mut outbox = Outbox::complete(vec![1, 2]);
+        let mut seen = Vec::new();
+        while let Some(item) = outbox.next().await {
+            seen.push(item.expect("no error status"));
+        }
+        assert_eq!(seen, vec![1, 2]);
+        assert!(outbox.next().await.is_none(), "it stays ended");
+    }
+
+    #[tokio::test]
+    async fn a_spawned_outbox_ends_with_the_producers_error() {
+        let (_shutdown_tx, shutdown) = watch::channel(false);
+        let mut outbox = spawn(shutdown, |mut out: Sender<u32>| async move {
+            out.send(7).await.map_err(|_| Status::cancelled("gone"))?;
+            Err(Status::data_loss("damaged"))
+        });
+        assert_eq!(outbox.next().await.map(|r| r.ok()), Some(Some(7)));
+        let end = outbox.next().await.expect("an end status");
+        assert_eq!(end.expect_err("an error").code(), tonic::Code::DataLoss);
+        assert!(outbox.next().await.is_none());
+    }
 
     #[test]
     fn batch_size_grows_to_the_maximum_for_small_events() {

@@ -5,7 +5,7 @@ use crate::config::Limits;
 use crate::encoded::{EncodedResponse, HeadField};
 use crate::fanout::Fanout;
 use crate::outbox::{self, Outbox};
-use crate::streams::{self, Paging};
+use crate::streams::{self, Paging, ReadStream};
 use std::sync::Arc;
 use tokio::sync::{oneshot, watch};
 use tonic::{Request, Response, Status};
@@ -122,11 +122,17 @@ impl DcbService {
             limit,
         };
         let reader = self.store.read(read).map_err(|e| status_from_error(&e))?;
-        let (store, paging) = (self.store.clone(), self.paging(request.batch_size));
-        let limited = limit.is_some();
+        let paging = self.paging(request.batch_size);
+        let mut stream = ReadStream::new(self.store.clone(), reader, limit.is_some(), paging);
+        let first = stream.first()?;
+        if stream.is_complete() {
+            // The whole answer is in hand: it leaves with the response headers, no task needed.
+            let messages = first.into_iter().map(|(message, _)| message);
+            return Ok(Response::new(Outbox::complete(messages.collect())));
+        }
         Ok(Response::new(outbox::spawn(
             self.shutdown.clone(),
-            move |out| streams::read(store, reader, limited, paging, out),
+            move |out| stream.run(first, out),
         )))
     }
 }

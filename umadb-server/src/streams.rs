@@ -19,51 +19,100 @@ pub(crate) struct Paging {
     pub max_message_bytes: usize,
 }
 
-/// Streams a read to its end. Each batch is a fresh read transaction, encoded into messages
-/// where it was read; every message carries the read's head. A read that matches nothing still
-/// sends one message, to tell the head.
-pub(crate) async fn read(
+/// A message of a read, and the position of its last event (none for a message that only
+/// tells the head).
+pub(crate) type ReadMessage = (EncodedResponse, Option<Position>);
+
+/// A read being streamed. Each batch is a fresh read transaction, encoded into messages where
+/// it was read; every message carries the read's head. A read that matches nothing still sends
+/// one message, to tell the head.
+pub(crate) struct ReadStream {
     store: Arc<Store>,
-    mut reader: Reader,
+    reader: Reader,
     limited: bool,
-    paging: Paging,
-    mut out: Sender<EncodedResponse>,
-) -> Result<(), Status> {
-    let mut sizer = BatchSizer::new(paging.batch_size, paging.max_message_bytes);
-    let max_bytes = paging.max_message_bytes;
-    let mut last_sent: Option<Position> = None;
-    loop {
-        if out.shutting_down() {
-            return Err(read_interrupted(last_sent));
+    max_bytes: usize,
+    sizer: BatchSizer,
+}
+
+impl ReadStream {
+    pub fn new(store: Arc<Store>, reader: Reader, limited: bool, paging: Paging) -> Self {
+        ReadStream {
+            store,
+            reader,
+            limited,
+            max_bytes: paging.max_message_bytes,
+            sizer: BatchSizer::new(paging.batch_size, paging.max_message_bytes),
         }
-        let count = sizer.next();
-        let batch = if reader.is_complete() {
-            Ok(None)
-        } else if count <= INLINE_BATCH {
-            // A first, small batch (all of a typical tag query) costs less here than the
-            // hand-off to a read thread and back.
-            next_encoded(&mut reader, count, limited, max_bytes)
-        } else {
-            // Encoding is most of a long read's CPU: done on the read thread too.
-            let (returned, batch) = blocking(move || {
-                let batch = next_encoded(&mut reader, count, limited, max_bytes);
-                (reader, batch)
-            })
-            .await?;
-            reader = returned;
-            batch
+    }
+
+    /// The first batch's messages, read on the calling thread: a first batch is small (at most
+    /// `INLINE_BATCH` events), so this costs less than a hand-off to a read thread, and a read
+    /// it completes (a typical tag query) is answered without a task of its own.
+    pub fn first(&mut self) -> Result<Vec<ReadMessage>, Status> {
+        let count = self.sizer.next().min(INLINE_BATCH);
+        let batch = next_encoded(&mut self.reader, count, self.limited, self.max_bytes)
+            .map_err(|e| failed(&self.store, e))?;
+        let Some(batch) = batch else {
+            return Ok(vec![(EncodedResponse::head_only(self.reader.head()), None)]);
         };
-        let Some(batch) = batch.map_err(|e| failed(&store, e))? else {
-            if last_sent.is_none() {
-                let empty = EncodedResponse::head_only(reader.head());
-                send(&mut out, empty, last_sent).await?;
-            }
-            return Ok(());
-        };
-        sizer.observe_largest(Some(batch.largest));
-        for (message, last) in batch.messages {
+        self.sizer.observe_largest(Some(batch.largest));
+        let messages = batch.messages.into_iter();
+        Ok(messages
+            .map(|(message, last)| (message, Some(last)))
+            .collect())
+    }
+
+    /// Whether the messages read so far are the whole read.
+    pub fn is_complete(&self) -> bool {
+        self.reader.is_complete()
+    }
+
+    /// Sends `first` (from [`ReadStream::first`]), then the rest of the read.
+    pub async fn run(
+        self,
+        first: Vec<ReadMessage>,
+        mut out: Sender<EncodedResponse>,
+    ) -> Result<(), Status> {
+        let ReadStream {
+            store,
+            mut reader,
+            limited,
+            max_bytes,
+            mut sizer,
+        } = self;
+        let mut last_sent: Option<Position> = None;
+        for (message, last) in first {
             send(&mut out, message, last_sent).await?;
-            last_sent = Some(last);
+            last_sent = last.or(last_sent);
+        }
+        loop {
+            if out.shutting_down() {
+                return Err(read_interrupted(last_sent));
+            }
+            if reader.is_complete() {
+                return Ok(());
+            }
+            let count = sizer.next();
+            let batch = if count <= INLINE_BATCH {
+                next_encoded(&mut reader, count, limited, max_bytes)
+            } else {
+                // Encoding is most of a long read's CPU: done on the read thread too.
+                let (returned, batch) = blocking(move || {
+                    let batch = next_encoded(&mut reader, count, limited, max_bytes);
+                    (reader, batch)
+                })
+                .await?;
+                reader = returned;
+                batch
+            };
+            let Some(batch) = batch.map_err(|e| failed(&store, e))? else {
+                return Ok(());
+            };
+            sizer.observe_largest(Some(batch.largest));
+            for (message, last) in batch.messages {
+                send(&mut out, message, last_sent).await?;
+                last_sent = Some(last);
+            }
         }
     }
 }
