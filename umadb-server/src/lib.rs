@@ -261,7 +261,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .max_concurrent_streams(Some(limits.max_streams_per_connection));
     if let Some(timeout) = limits.request_timeout {
-        // Bounds the time to the response headers: unary calls; streams send theirs at once.
+        // Bounds the time to the response headers: unary calls. Streams send theirs at once, or
+        // (a read) once its first small batch is read.
         builder = builder.timeout(timeout);
     }
     if let Some(tls) = tls {
