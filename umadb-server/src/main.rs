@@ -10,6 +10,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 use umadb_server::{Limits, ServerConfig, TlsConfig};
 
+// A request's many short-lived allocations (HTTP/2 frames, headers, messages) across the async
+// threads cost glibc's allocator a measurable share of the server's CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// UmaDB: an event store for Dynamic Consistency Boundaries, served over gRPC (umadb.v1).
 ///
 /// Without a subcommand it serves. Log verbosity comes from RUST_LOG (default "info"),
