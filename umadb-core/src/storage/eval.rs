@@ -109,7 +109,7 @@ pub fn for_each_match(
             } else {
                 (lo.max(indexed.saturating_add(1)), hi)
             };
-            let tail = Tail {
+            let tail = Unindexed {
                 txn,
                 dbs,
                 recent,
@@ -134,7 +134,7 @@ pub fn for_each_match(
 }
 
 /// The events past the indexed head that a walk visits.
-struct Tail<'a, 'e, 'q> {
+struct Unindexed<'a, 'e, 'q> {
     txn: &'a RoTxn<'e>,
     dbs: &'a Dbs,
     recent: &'a Recent,
@@ -144,7 +144,7 @@ struct Tail<'a, 'e, 'q> {
     backwards: bool,
 }
 
-impl Tail<'_, '_, '_> {
+impl Unindexed<'_, '_, '_> {
     /// Calls `visit` with each position some item matches, in order, until it returns `Break`:
     /// matched on the keys the writer kept when they cover the range, else on the records.
     fn visit(
