@@ -220,7 +220,7 @@ fn read(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("tag_query", |b| read_random_tags(b, store));
     // A live store's newest events are not yet in the indexes (StoreOptions::index_lag): one
-    // event per commit leaves up to 128 of them for every query to match on its own.
+    // event per commit leaves up to 512 of them for every query to match on its own.
     for n in 0..100 {
         store
             .append(AppendRequest {

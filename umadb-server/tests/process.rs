@@ -369,7 +369,8 @@ async fn the_index_lag_comes_from_its_option_or_the_environment_and_is_logged() 
     let db = dir.path().join("db");
     let default = Umadb::spawn(&db, &["--listen", "127.0.0.1:0"], &[]);
     let log = default.log();
-    assert!(log.contains("index lag 128"), "{log}");
+    let expected = format!("index lag {}", umadb_core::DEFAULT_INDEX_LAG);
+    assert!(log.contains(&expected), "{log}");
     drop(default);
     for (args, env, lag) in [
         (&["--index-lag", "0"][..], &[][..], "index lag 0"),

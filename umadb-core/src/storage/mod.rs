@@ -66,7 +66,7 @@ impl Default for StoreOptions {
 }
 
 /// See [`StoreOptions::index_lag`].
-pub const DEFAULT_INDEX_LAG: u64 = 128;
+pub const DEFAULT_INDEX_LAG: u64 = 512;
 
 type Db = Database<'static, Bytes, Bytes>;
 
