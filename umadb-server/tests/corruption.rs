@@ -8,14 +8,21 @@ mod support;
 use common::{append, append_request, assert_error, event, item, positions, query, read_all};
 use std::path::Path;
 use support::*;
+use tonic::transport::Channel;
 use tonic::Code;
 use umadb_proto::v1;
+use umadb_proto::v1::dcb_client::DcbClient;
 use umadb_proto::v1::error_response::ErrorType;
 
-/// Fills a store through a server: `count` events of types A/B with tags, the data of event
-/// `marked` (1-based) replaced by `marker`.
-async fn fill(db: &Path, count: u64, marked: Option<(u64, &[u8])>) -> Vec<v1::SequencedEvent> {
-    let server = Umadb::spawn(db, &[]);
+/// Fills a store through a server started with `args`: `count` events of types A/B with tags,
+/// the data of event `marked` (1-based) replaced by `marker`.
+async fn fill(
+    db: &Path,
+    args: &[&str],
+    count: u64,
+    marked: Option<(u64, &[u8])>,
+) -> Vec<v1::SequencedEvent> {
+    let server = Umadb::spawn(db, args);
     let mut client = server.client().await;
     let mut position = 0;
     while position < count {
@@ -42,16 +49,11 @@ async fn fill(db: &Path, count: u64, marked: Option<(u64, &[u8])>) -> Vec<v1::Se
     events
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_record_failing_its_checksum_is_refused_as_data_loss_and_the_rest_is_served() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("db");
-    let marker = b"this record will be damaged on disk";
-    fill(&db, 300, Some((150, marker))).await;
-
+/// Flips a byte in every copy of the record holding `marker` in the data file (copy-on-write
+/// leaves stale copies in free pages).
+fn damage_record(db: &Path, marker: &[u8]) {
     let path = db.join("data.mdb");
     let mut bytes = std::fs::read(&path).expect("read data file");
-    // Copy-on-write leaves stale copies of the record in free pages: damage every copy.
     let copies: Vec<usize> = bytes
         .windows(marker.len())
         .enumerate()
@@ -63,14 +65,74 @@ async fn a_record_failing_its_checksum_is_refused_as_data_loss_and_the_rest_is_s
         bytes[at + 5] ^= 0x20;
     }
     std::fs::write(&path, &bytes).expect("write data file");
+}
 
-    let (code, report) = check(&db);
+fn assert_check_names_position_150(db: &Path) {
+    let (code, report) = check(db);
     assert_eq!(code, Some(2), "{report}");
     assert!(report.contains("DAMAGED"), "{report}");
     assert!(
         report.contains("position 150") && report.contains("checksum"),
         "{report}"
     );
+}
+
+/// Events 1-149, before the damaged one, are served.
+async fn assert_served_before_150(client: &mut DcbClient<Channel>) {
+    let request = v1::ReadRequest {
+        limit: Some(149),
+        ..Default::default()
+    };
+    let (before, _) = read_all(client, request).await.expect("before the damage");
+    assert_eq!(positions(&before), (1..150).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_record_past_the_indexed_head_fails_every_query_reaching_it_and_appends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("db");
+    let marker = b"this unindexed record will be damaged on disk";
+    // 300 events in appends of 50 stay within the default index lag: none is indexed.
+    fill(&db, &[], 300, Some((150, marker))).await;
+    damage_record(&db, marker);
+    assert_check_names_position_150(&db);
+
+    let server = Umadb::spawn(&db, &[]);
+    let mut client = server.client().await;
+    // Unindexed events are found by reading them, so even a query for other tags reaches the
+    // damaged record; it fails rather than answer without knowing what that event holds.
+    let status = read_all(
+        &mut client,
+        v1::ReadRequest {
+            query: query(vec![item(&[], &["t4"])]),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect_err("a query over the unindexed damaged record must fail");
+    let message = assert_error(&status, Code::DataLoss, ErrorType::Corruption);
+    assert!(message.contains("150"), "{message}");
+    // Events before it are served; an append, which would have to index it, is refused.
+    assert_served_before_150(&mut client).await;
+    let status = append(&mut client, append_request(vec![event("New", &[], b"no")]))
+        .await
+        .expect_err("an append over an unindexable tail");
+    let message = assert_error(&status, Code::DataLoss, ErrorType::Corruption);
+    assert!(message.contains("150"), "{message}");
+    let head = client.head(v1::HeadRequest {}).await.unwrap().into_inner();
+    assert_eq!(head.position, Some(300));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_failing_its_checksum_is_refused_as_data_loss_and_the_rest_is_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("db");
+    let marker = b"this record will be damaged on disk";
+    // Every event indexed: the damaged record is reached only by reads that need it.
+    fill(&db, &["--index-lag", "0"], 300, Some((150, marker))).await;
+    damage_record(&db, marker);
+
+    assert_check_names_position_150(&db);
 
     let server = Umadb::spawn(&db, &[]);
     let mut client = server.client().await;
@@ -108,16 +170,7 @@ async fn a_record_failing_its_checksum_is_refused_as_data_loss_and_the_rest_is_s
     assert_eq!(delivered, (1..=delivered.len() as u64).collect::<Vec<_>>());
     assert!(delivered.len() < 150);
     // ... while everything around it is still served.
-    let (before, _) = read_all(
-        &mut client,
-        v1::ReadRequest {
-            limit: Some(149),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("before the damage");
-    assert_eq!(positions(&before), (1..150).collect::<Vec<_>>());
+    assert_served_before_150(&mut client).await;
     let (after, _) = read_all(
         &mut client,
         v1::ReadRequest {
@@ -152,7 +205,7 @@ async fn a_record_failing_its_checksum_is_refused_as_data_loss_and_the_rest_is_s
 async fn garbage_blocks_in_the_data_file_are_reported_and_never_served_as_valid_data() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pristine = dir.path().join("pristine");
-    let original = fill(&pristine, 3000, None).await;
+    let original = fill(&pristine, &[], 3000, None).await;
     let file_len = std::fs::metadata(pristine.join("data.mdb")).unwrap().len();
     let page = 4096u64;
     let pages = file_len / page;
