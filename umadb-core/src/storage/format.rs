@@ -10,7 +10,7 @@ pub const FORMAT_VERSION: u32 = 2;
 pub const FORMAT_MAGIC: &[u8; 8] = b"umadb-v1";
 pub const META_FORMAT: &[u8] = b"format";
 pub const META_NEXT_ID: &[u8] = b"next_intern_id";
-/// The last position the indexes cover, u64; events after it are found by scanning them.
+/// The last position the indexes cover, u64; events after it are matched without the indexes.
 pub const META_INDEXED_HEAD: &[u8] = b"indexed_head";
 
 /// Highest position a store may reach (far beyond any real log; keeps arithmetic clear of

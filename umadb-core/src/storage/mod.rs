@@ -44,8 +44,9 @@ pub struct StoreOptions {
     /// crash; the walk reads every page of the store once (about 0.4 s per GB in the page cache).
     pub verify_pages: bool,
     /// Most events the writer leaves out of the indexes. A commit that would leave more indexes
-    /// all of them; until then queries find the newest events by scanning them. Fewer index
-    /// pages per commit make small commits faster; 0 indexes every commit's events at once.
+    /// all of them; until then queries match the newest events on their type and tag ids, kept
+    /// in memory. Fewer index pages per commit make small commits faster; 0 indexes every
+    /// commit's events at once.
     pub index_lag: u64,
 }
 
