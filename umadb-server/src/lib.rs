@@ -13,6 +13,7 @@
 
 mod auth;
 mod closable;
+mod coalesce;
 mod config;
 mod encoded;
 mod fanout;
@@ -216,9 +217,15 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let (close_connections, close_rx) = watch::channel(false);
     let connections = Arc::new(Semaphore::new(config.limits.max_connections.max(1)));
     let max_connections = config.limits.max_connections;
+    // Frames are coalesced where they are seen: below TLS they are not.
+    let plain = tls.is_none();
     let incoming = incoming.filter_map(move |tcp| match tcp {
         Ok(tcp) => match connections.clone().try_acquire_owned() {
-            Ok(permit) => Some(Ok(Closable::new(tcp, close_rx.clone(), permit))),
+            Ok(permit) => Some(Ok(Closable::new(
+                coalesce::Coalesce::new(tcp, plain),
+                close_rx.clone(),
+                permit,
+            ))),
             Err(_) => {
                 // Dropping the socket closes it: the client sees the connection refused.
                 tracing::warn!(
