@@ -152,9 +152,13 @@ impl Unindexed<'_, '_, '_> {
         visit: &mut impl FnMut(Position, Option<&[u8]>) -> Result<ControlFlow<()>>,
     ) -> Result<ControlFlow<()>> {
         let (items, backwards) = (self.items, self.backwards);
-        let kept = self.recent.matching(self.lo, self.hi, |keys| {
-            items.iter().any(|p| keys.matches(&p.types, &p.tags))
-        });
+        let kept = self.recent.matching(
+            self.lo,
+            self.hi,
+            items
+                .iter()
+                .map(|p| (p.types.as_slice(), p.tags.as_slice())),
+        );
         if let Some(mut positions) = kept {
             if backwards {
                 positions.reverse();
