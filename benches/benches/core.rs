@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use umadb_core::{
     AppendCondition, AppendRequest, Event, Query, QueryItem, ReadRequest, Store, Uuid,
+    DEFAULT_INDEX_LAG,
 };
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
@@ -219,12 +220,13 @@ fn read(c: &mut Criterion) {
     group.sample_size(10);
     group.throughput(Throughput::Elements(1));
     group.bench_function("tag_query", |b| read_random_tags(b, store));
-    // A live store's newest events are not yet in the indexes (StoreOptions::index_lag): one
-    // event per commit leaves up to 512 of them for every query to match on its own.
-    for n in 0..100 {
+    // A live store's newest events are not yet in the indexes (StoreOptions::index_lag): here
+    // half the default lag of them, 16 per commit, which every query also matches.
+    let tail = DEFAULT_INDEX_LAG / 2;
+    for first in (LARGE..LARGE + tail).step_by(16) {
         store
             .append(AppendRequest {
-                events: vec![event(LARGE + n, LARGE_TAGS)],
+                events: (first..first + 16).map(|n| event(n, LARGE_TAGS)).collect(),
                 ..Default::default()
             })
             .expect("append");

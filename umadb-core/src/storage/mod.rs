@@ -45,8 +45,12 @@ pub struct StoreOptions {
     pub verify_pages: bool,
     /// Most events the writer leaves out of the indexes. A commit that would leave more indexes
     /// all of them; until then queries match the newest events on their type and tag ids, kept
-    /// in memory. Fewer index pages per commit make small commits faster; 0 indexes every
-    /// commit's events at once.
+    /// in memory and listed per type and tag, so a query's cost does not grow with the lag.
+    /// Commits that do not index write no index pages, and an indexing commit rewrites each
+    /// type's and tag's newest chunk once for all its new positions. The price of a larger lag
+    /// is a longer indexing commit when it comes (the groups behind it wait), more memory (a
+    /// few MiB at the default), and more events read again at open. 0 indexes every commit's
+    /// events at once.
     pub index_lag: u64,
 }
 
@@ -67,7 +71,7 @@ impl Default for StoreOptions {
 }
 
 /// See [`StoreOptions::index_lag`].
-pub const DEFAULT_INDEX_LAG: u64 = 512;
+pub const DEFAULT_INDEX_LAG: u64 = 8192;
 
 type Db = Database<'static, Bytes, Bytes>;
 
