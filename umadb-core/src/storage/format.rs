@@ -201,16 +201,19 @@ pub struct DecodedEvent {
 }
 
 pub fn decode_event(position: Position, bytes: &[u8]) -> Result<DecodedEvent> {
-    let what = format!("event record at position {position}");
+    // Only an error pays for the name.
+    let what = || format!("event record at position {position}");
     if bytes.len() < RECORD_HEADER + 1 {
         return Err(corrupt(format!(
-            "{what} is truncated ({} bytes)",
+            "{} is truncated ({} bytes)",
+            what(),
             bytes.len()
         )));
     }
     if bytes[0] != RECORD_V1 {
         return Err(corrupt(format!(
-            "{what} has unknown record version {}",
+            "{} has unknown record version {}",
+            what(),
             bytes[0]
         )));
     }
@@ -218,10 +221,12 @@ pub fn decode_event(position: Position, bytes: &[u8]) -> Result<DecodedEvent> {
     let actual = crc32fast::hash(&bytes[RECORD_HEADER..]);
     if stored != actual {
         return Err(corrupt(format!(
-            "{what} fails its checksum (stored {stored:08x}, computed {actual:08x})"
+            "{} fails its checksum (stored {stored:08x}, computed {actual:08x})",
+            what()
         )));
     }
-    let mut r = Reader::new(&bytes[RECORD_HEADER..], &what);
+    let mut r = Reader::new(&bytes[RECORD_HEADER..], "event record");
+    r.position = Some(position);
     let flags = r.u8()?;
     let event_type = r.string()?;
     let tag_count = r.count()?;
@@ -240,7 +245,7 @@ pub fn decode_event(position: Position, bytes: &[u8]) -> Result<DecodedEvent> {
         let raw: [u8; 16] = r
             .bytes(16)?
             .try_into()
-            .map_err(|_| corrupt(format!("{what}: bad uuid")))?;
+            .map_err(|_| corrupt(format!("{}: bad uuid", what())))?;
         Some(Uuid::from_bytes(raw))
     } else {
         None
@@ -248,7 +253,7 @@ pub fn decode_event(position: Position, bytes: &[u8]) -> Result<DecodedEvent> {
     let data_len = r.count()?;
     let data = r.bytes(data_len)?.to_vec();
     if !r.is_empty() {
-        return Err(corrupt(format!("{what} has trailing bytes")));
+        return Err(corrupt(format!("{} has trailing bytes", what())));
     }
     Ok(DecodedEvent {
         event: Event {
@@ -304,11 +309,25 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 struct Reader<'a> {
     buf: &'a [u8],
     what: &'a str,
+    /// The position of the record read, named in errors with `what`.
+    position: Option<Position>,
 }
 
 impl<'a> Reader<'a> {
     fn new(buf: &'a [u8], what: &'a str) -> Self {
-        Reader { buf, what }
+        Reader {
+            buf,
+            what,
+            position: None,
+        }
+    }
+
+    /// What is read, for an error message.
+    fn name(&self) -> String {
+        match self.position {
+            Some(position) => format!("{} at position {position}", self.what),
+            None => self.what.to_string(),
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -317,7 +336,7 @@ impl<'a> Reader<'a> {
 
     fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
         if n > self.buf.len() {
-            return Err(corrupt(format!("{} is truncated", self.what)));
+            return Err(corrupt(format!("{} is truncated", self.name())));
         }
         let (head, rest) = self.buf.split_at(n);
         self.buf = rest;
@@ -341,7 +360,7 @@ impl<'a> Reader<'a> {
                 return Ok(value);
             }
         }
-        Err(corrupt(format!("{} has an overlong varint", self.what)))
+        Err(corrupt(format!("{} has an overlong varint", self.name())))
     }
 
     /// A length or count, which can never exceed the bytes left.
@@ -350,7 +369,7 @@ impl<'a> Reader<'a> {
         if v > self.buf.len() as u64 {
             return Err(corrupt(format!(
                 "{} claims {v} items/bytes with {} bytes left",
-                self.what,
+                self.name(),
                 self.buf.len()
             )));
         }
@@ -365,7 +384,7 @@ impl<'a> Reader<'a> {
         let len = self.count()?;
         let bytes = self.bytes(len)?;
         std::str::from_utf8(bytes)
-            .map_err(|_| corrupt(format!("{} holds a string that is not UTF-8", self.what)))
+            .map_err(|_| corrupt(format!("{} holds a string that is not UTF-8", self.name())))
     }
 }
 
@@ -409,6 +428,19 @@ mod tests {
                 decode_event(7, &buf[..len]),
                 Err(Error::Corruption(_))
             ));
+        }
+        // A body cut short under a checksum that matches it: the reader itself finds the fault,
+        // and names the record's position.
+        for len in RECORD_HEADER + 1..buf.len() {
+            let mut cut = buf[..len].to_vec();
+            let crc = crc32fast::hash(&cut[RECORD_HEADER..]).to_le_bytes();
+            cut[1..5].copy_from_slice(&crc);
+            match decode_event(7, &cut) {
+                Err(Error::Corruption(message)) => {
+                    assert!(message.contains("event record at position 7"), "{message}")
+                }
+                other => panic!("a cut body must be corruption, got {:?}", other.err()),
+            }
         }
     }
 
