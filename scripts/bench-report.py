@@ -92,8 +92,10 @@ def main():
 
 Figures of the `umadb` server driven over gRPC by `umadb-bench` (in `benches/`), with the
 server and the load generator on the same machine, talking over loopback. Every workload is
-the median of 3 runs (`--repeat 3`), and so is each point of the growth curve; the sweeps are
-single runs. Each run lasts {secs} seconds (`SECONDS_PER_RUN`, default 5). This
+the median of 3 runs, and so is each point of the growth curve; the sweeps are single runs.
+Workloads compared with each other (unconditional and conditional appends; writers alone,
+readers alone and both at once) take turns, one run each per round over three rounds, so
+that the machine's drift over minutes falls on all of them alike. Each run lasts {secs} seconds (`SECONDS_PER_RUN`, default 5). This
 machine is shared and noisy: compare figures taken in one run of the suite with each other,
 and treat single figures as indications.
 
@@ -152,14 +154,14 @@ ended, several seconds past the deadline, and counted reads made after the write
 | workload | command |
 |---|---|
 | append, 1 client | `umadb-bench --repeat 3 append --clients 1 --seconds {secs}` |
-| append, 64 clients | `umadb-bench --repeat 3 append --clients 64 --seconds {secs}` |
-| conditional append, 64 clients | `umadb-bench --repeat 3 append --clients 64 --seconds {secs} --conditional` |
-| the same two with each event also carrying its request's new tag | `... append --clients 64 --seconds {secs} --boundary-tag` and `... --boundary-tag --conditional` |
+| append, 64 clients | `umadb-bench append --clients 64 --seconds {secs}`, in turn with the next, 3 rounds |
+| conditional append, 64 clients | `umadb-bench append --clients 64 --seconds {secs} --conditional` |
+| the same two with each event also carrying its request's new tag | `... append --clients 64 --seconds {secs} --boundary-tag` and `... --boundary-tag --conditional`, in turn, 3 rounds |
 | 100 events per request, 8 clients | `umadb-bench append --clients 8 --events-per-request 100 --seconds {secs}`, three times, each on a fresh copy of the prepopulated store; and `--repeat 3` on the grown store |
 | tag-query reads, 64 clients | `umadb-bench --repeat 3 read --clients 64 --tag-query --seconds {secs}` |
 | whole-store read, 1 client | `umadb-bench --repeat 3 read --clients 1 --seconds {secs}` |
 | subscription catching up from the start, 1 client | `umadb-bench --repeat 3 read --clients 1 --catch-up --seconds {secs}` |
-| writers alone / readers alone / both | `append --clients 8`, `read --clients 4`, `mixed --writers 8 --readers 4` |
+| writers alone / readers alone / both | `append --clients 8`, `read --clients 4`, `mixed --writers 8 --readers 4`, in turn, 3 rounds |
 
 {table("append-1x1")}
 {table("append-64x1").splitlines()[-1]}
