@@ -17,6 +17,7 @@
 use super::format::Kind;
 use crate::types::Position;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// One event's keys: its type id and its tag ids, ascending and without repeats.
@@ -53,7 +54,47 @@ struct Window {
     first: Position,
     events: VecDeque<EventKeys>,
     /// The positions in the window of each type and tag, ascending.
-    postings: HashMap<(Kind, u32), Vec<Position>>,
+    postings: HashMap<(Kind, u32), Vec<Position>, BuildHasherDefault<IdHasher>>,
+}
+
+/// Hashes the (kind, id) keys of `Window::postings`. Ids are handed out by the store in
+/// sequence, never chosen by a client, so a multiply-and-rotate mix is enough; the standard
+/// SipHash cost the writer about a twentieth of its time in `extend` and `forget_through`.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl IdHasher {
+    fn add(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.add(u64::from(b));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 impl Default for Window {
@@ -67,7 +108,7 @@ impl Window {
         Window {
             first,
             events: VecDeque::new(),
-            postings: HashMap::new(),
+            postings: HashMap::default(),
         }
     }
 
