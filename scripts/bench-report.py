@@ -138,9 +138,12 @@ store, in both runs. Runs before this pair existed gave the conditional run's ev
 tag but not the unconditional run's, so their gap (−23% in the last of them) counted a new tag
 per event as well as the condition.
 
-The 100-events-per-request rate falls as the store grows: each run adds about as many events
-as the store was prepopulated with, to the same 100,000 tags, and a tag's index chunk holds
-more the longer its history, so each request's 100 tags span more B-tree pages. Its target
+The 100-events-per-request rate can fall as the store grows: each run adds about as many
+events as the store was prepopulated with, to the same 10,000 tags of their own (100
+neighbouring ones per request), and a tag's index chunk
+holds more the longer its history, so each request's 100 tags span more B-tree pages (see the
+known limit in `umadb-core/DESIGN.md`; with the indexes trailing by 8,192 events an indexing
+commit rewrites each chunk once for many events, and the fall may not show). Its target
 figure is the median of three runs, each on a fresh copy of the prepopulated store; the same
 workload is also run where the other appends run, on the store they have grown (in this run
 from {grown_from:,} events, each of its runs adding about {per_run:,}).
