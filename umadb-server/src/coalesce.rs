@@ -12,7 +12,8 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
 
-/// Writes at least this large go to the socket without a copy.
+/// Most bytes held back. A write that would pass it goes to the socket at once, together with
+/// what is held and without being copied.
 const HOLD_LIMIT: usize = 16 * 1024;
 
 const FRAME_HEADER_LEN: usize = 9;

@@ -207,9 +207,7 @@ impl Recent {
             return None;
         }
         let mut found = Vec::new();
-        let mut lists = 0;
         for (types, tags) in items {
-            lists += 1;
             // The rarest tag's positions, each checked for the item's other keys.
             let rarest = tags
                 .iter()
@@ -223,17 +221,15 @@ impl Recent {
                 ),
                 None if types.is_empty() => found.extend(lo..=hi),
                 None => {
-                    lists += types.len() - 1;
                     for &event_type in types {
                         found.extend(window.postings(Kind::EventType, event_type, lo, hi));
                     }
                 }
             }
         }
-        if lists > 1 {
-            found.sort_unstable();
-            found.dedup();
-        }
+        // Several items or types give several ascending runs; one run is left as it is.
+        found.sort_unstable();
+        found.dedup();
         Some(found)
     }
 
