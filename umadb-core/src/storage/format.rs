@@ -51,17 +51,20 @@ pub fn decode_position_key(bytes: &[u8]) -> Result<Position> {
 
 /// Index key: kind, interned id, and the chunk's base (its first position), big-endian so a
 /// key's chunks sort by position. A chunk holds offsets from its base; offset 0 is always set.
-pub fn index_key(kind: Kind, id: u32, base: Position) -> [u8; 13] {
-    let mut key = [0u8; 13];
+pub fn index_key(kind: Kind, id: u32, base: Position) -> [u8; INDEX_KEY_LEN] {
+    let mut key = [0u8; INDEX_KEY_LEN];
     key[0] = kind as u8;
     key[1..5].copy_from_slice(&id.to_be_bytes());
     key[5..13].copy_from_slice(&base.to_be_bytes());
     key
 }
 
+/// Length of an index key: kind, id, base.
+pub const INDEX_KEY_LEN: usize = 13;
+
 /// The base of an index key, if the key belongs to (`kind`, `id`).
 pub fn index_key_base(key: &[u8], kind: Kind, id: u32) -> Option<Position> {
-    if key.len() == 13 && key[0] == kind as u8 && key[1..5] == id.to_be_bytes() {
+    if key.len() == INDEX_KEY_LEN && key[0] == kind as u8 && key[1..5] == id.to_be_bytes() {
         let mut base = [0u8; 8];
         base.copy_from_slice(&key[5..13]);
         Some(Position::from_be_bytes(base))

@@ -10,7 +10,7 @@
 //! (`recent`, shared with readers) and indexes them all in the commit that would leave more
 //! behind. Until then, queries match those events on those ids (`eval::for_each_match`).
 
-use super::format::{self, Kind, MAX_CHUNK_BYTES, MAX_POSITION};
+use super::format::{self, Kind, INDEX_KEY_LEN, MAX_CHUNK_BYTES, MAX_POSITION};
 use super::read::{matching_positions, stored_uuid};
 use super::recent::{EventKeys, Recent};
 use super::{
@@ -18,10 +18,10 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::types::{AppendCondition, AppendRequest, Event, Position};
-use heed::{PutFlags, RoTxn, RwTxn};
+use heed::types::Bytes;
+use heed::{PutFlags, RoTxn, RwRevRange, RwTxn};
 use roaring::RoaringBitmap;
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::ops::Bound;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
@@ -169,7 +169,6 @@ fn commit_group(
         head: committed_head,
         pending: Vec::new(),
         keys: Vec::new(),
-        dirty: HashMap::new(),
         buf: Vec::new(),
     };
     let mut results = Vec::with_capacity(jobs.len());
@@ -197,10 +196,7 @@ fn commit_group(
         // Ascending per key, as chunks are extended; an event naming a tag twice is listed once.
         keys.sort_unstable_by_key(|&(kind, id, position)| (kind as u8, id, position));
         keys.dedup();
-        for (kind, id, position) in keys {
-            group.index(&txn, kind, id, position)?;
-        }
-        group.flush_indexes(&mut txn)?;
+        add_to_index(&mut txn, dbs, &keys, &mut group.buf)?;
         dbs.meta
             .put(
                 &mut txn,
@@ -234,8 +230,6 @@ struct Group<'a> {
     pending: Vec<(Position, &'a Event)>,
     /// Index entries of this group's events.
     keys: Vec<(Kind, u32, Position)>,
-    /// Index chunks touched by this group, written once before commit.
-    dirty: HashMap<(Kind, u32), DirtyKey>,
     buf: Vec<u8>,
 }
 
@@ -416,48 +410,125 @@ impl<'a> Group<'a> {
             .map(|(event_type, tags)| EventKeys::new(event_type, tags))
             .collect()
     }
+}
 
-    fn index(&mut self, txn: &RwTxn, kind: Kind, id: u32, position: Position) -> Result<()> {
-        let chunks = match self.dirty.entry((kind, id)) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
-                let latest = eval::stored_chunk_holding(txn, self.dbs, kind, id, Position::MAX)?;
-                e.insert(DirtyKey {
-                    full: Vec::new(),
-                    open: latest.map(|(base, bytes)| DirtyChunk {
-                        base,
-                        form: Form::Stored(bytes.to_vec()),
-                    }),
-                })
-            }
-        };
-        chunks.add(kind, id, position)
-    }
+/// Most entries the index walk steps back over, towards the next key it updates, before it
+/// seeks instead: a step costs a comparison or two, a seek a descent from the B-tree's root.
+const WALK_LIMIT: usize = 16;
 
-    fn flush_indexes(&mut self, txn: &mut RwTxn) -> Result<()> {
-        // In key order, so that consecutive puts walk the same, already touched, B-tree pages.
-        let mut dirty: Vec<_> = self.dirty.iter_mut().collect();
-        dirty.sort_unstable_by_key(|&(&(kind, id), _)| (kind as u8, id));
-        for (&(kind, id), key) in dirty {
-            for chunk in key.full.iter_mut().chain(key.open.as_mut()) {
-                let bytes = match &mut chunk.form {
-                    Form::Stored(bytes) => bytes.as_slice(),
-                    Form::Decoded(bitmap) => {
-                        bitmap.optimize();
-                        self.buf.clear();
-                        bitmap.serialize_into(&mut self.buf).map_err(|e| {
-                            Error::Internal(format!("cannot encode an index chunk: {e}"))
-                        })?;
-                        self.buf.as_slice()
-                    }
-                };
-                self.dbs
-                    .index
-                    .put(txn, &format::index_key(kind, id, chunk.base), bytes)
-                    .map_err(storage_error)?;
+/// Adds `keys` (sorted by kind, id and position, no repeats) to the index chunks.
+///
+/// One cursor walks the index backwards from the highest key to update, stepping over the
+/// entries of keys it leaves alone, or seeking when the next key is more than `WALK_LIMIT`
+/// entries away. Each key's newest chunk is read where the cursor stands and rewritten in place,
+/// so updating a key costs a few cursor steps instead of a lookup and an insert, each from the
+/// root. Chunks under new index keys are inserted afterwards in key order; those past the
+/// index's last key (new tags, whose ids are the highest) are appended at its end.
+fn add_to_index(
+    txn: &mut RwTxn,
+    dbs: &Dbs,
+    keys: &[(Kind, u32, Position)],
+    buf: &mut Vec<u8>,
+) -> Result<()> {
+    let runs: Vec<&[(Kind, u32, Position)]> =
+        keys.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)).collect();
+    let end = dbs
+        .index
+        .last(txn)
+        .map_err(storage_error)?
+        .map(|(key, _)| key.to_vec());
+    let mut fresh: Vec<([u8; INDEX_KEY_LEN], Vec<u8>)> = Vec::new();
+    let mut next = runs.len();
+    'seek: while let Some(&run) = next.checked_sub(1).and_then(|i| runs.get(i)) {
+        let (kind, id, _) = run[0];
+        let hi = format::index_key(kind, id, Position::MAX);
+        let mut walk = dbs
+            .index
+            .rev_range_mut(txn, &(Bound::Unbounded, Bound::Included(hi.as_slice())))
+            .map_err(storage_error)?;
+        let mut at = step(&mut walk)?;
+        while let Some(&run) = next.checked_sub(1).and_then(|i| runs.get(i)) {
+            let (kind, id, _) = run[0];
+            let hi = format::index_key(kind, id, Position::MAX);
+            let mut steps = 0;
+            while let Some((key, _)) = &at {
+                if key[..] <= hi[..] {
+                    break;
+                }
+                if steps == WALK_LIMIT {
+                    continue 'seek;
+                }
+                at = step(&mut walk)?;
+                steps += 1;
             }
+            let stored = match &at {
+                Some((key, bytes)) => {
+                    format::index_key_base(key, kind, id).map(|base| (base, bytes.to_vec()))
+                }
+                None => None,
+            };
+            let stored_base = stored.as_ref().map(|&(base, _)| base);
+            let mut chunks = DirtyKey {
+                full: Vec::new(),
+                open: stored.map(|(base, bytes)| DirtyChunk {
+                    base,
+                    form: Form::Stored(bytes),
+                }),
+            };
+            for &(_, _, position) in run {
+                chunks.add(kind, id, position)?;
+            }
+            for chunk in chunks.full.iter_mut().chain(chunks.open.as_mut()) {
+                let base = chunk.base;
+                let key = format::index_key(kind, id, base);
+                let bytes = chunk.encoded(buf)?;
+                if Some(base) == stored_base {
+                    // SAFETY: the cursor stands on `key` (read as `stored`, whose bytes were
+                    // copied), and no slice read through it is used after this write: `at` is
+                    // replaced right below.
+                    unsafe { walk.put_current(&key, bytes) }.map_err(storage_error)?;
+                } else {
+                    fresh.push((key, bytes.to_vec()));
+                }
+            }
+            if stored_base.is_some() {
+                at = step(&mut walk)?;
+            }
+            next -= 1;
         }
-        Ok(())
+    }
+    fresh.sort_unstable_by_key(|&(key, _)| key);
+    for (key, bytes) in fresh {
+        let past_end = end.as_deref().is_none_or(|end| key[..] > *end);
+        let flags = if past_end {
+            PutFlags::APPEND
+        } else {
+            PutFlags::empty()
+        };
+        dbs.index
+            .put_with_flags(txn, flags, &key, &bytes)
+            .map_err(storage_error)?;
+    }
+    Ok(())
+}
+
+/// Moves the index walk back one entry.
+fn step<'t>(
+    walk: &mut RwRevRange<'t, Bytes, Bytes>,
+) -> Result<Option<([u8; INDEX_KEY_LEN], &'t [u8])>> {
+    match walk.next() {
+        None => Ok(None),
+        Some(Err(e)) => Err(storage_error(e)),
+        Some(Ok((key, bytes))) => {
+            let key = key.try_into().map_err(|_| {
+                format::corrupt(format!(
+                    "the store is damaged: the index holds a key of {} bytes, where index keys \
+                     are {INDEX_KEY_LEN}",
+                    key.len()
+                ))
+            })?;
+            Ok(Some((key, bytes)))
+        }
     }
 }
 
@@ -514,6 +585,21 @@ impl DirtyKey {
 }
 
 impl DirtyChunk {
+    /// The chunk as stored.
+    fn encoded<'b>(&'b mut self, buf: &'b mut Vec<u8>) -> Result<&'b [u8]> {
+        match &mut self.form {
+            Form::Stored(bytes) => Ok(bytes),
+            Form::Decoded(bitmap) => {
+                bitmap.optimize();
+                buf.clear();
+                bitmap
+                    .serialize_into(&mut *buf)
+                    .map_err(|e| Error::Internal(format!("cannot encode an index chunk: {e}")))?;
+                Ok(buf)
+            }
+        }
+    }
+
     /// Full when its stored form would exceed MAX_CHUNK_BYTES even after compression.
     fn is_full(&mut self) -> bool {
         let Form::Decoded(bitmap) = &mut self.form else {
