@@ -70,6 +70,11 @@ impl Default for StoreOptions {
     }
 }
 
+/// Most entries a cursor walking a sorted list of keys through a database steps over to reach the
+/// next key before it seeks instead: a step costs a comparison or two, a seek a descent from the
+/// B-tree's root (`writer::add_to_index`, `intern::get_or_create_sorted`).
+pub(crate) const WALK_LIMIT: usize = 16;
+
 /// See [`StoreOptions::index_lag`].
 pub const DEFAULT_INDEX_LAG: u64 = 8192;
 

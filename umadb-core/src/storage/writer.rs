@@ -15,6 +15,7 @@ use super::read::{matching_positions, stored_uuid};
 use super::recent::{EventKeys, Recent};
 use super::{
     chunk, eval, indexed_head, intern, storage_error, tracking_position, Dbs, Job, Shared,
+    WALK_LIMIT,
 };
 use crate::error::{Error, Result};
 use crate::types::{AppendCondition, AppendRequest, Event, Position};
@@ -355,17 +356,21 @@ impl<'a> Group<'a> {
             );
             self.pending.push((position, event));
         }
-        // Types and tags in key order (positions ascending within each): the intern and index
-        // lookups then walk B-tree pages one after another instead of at random, and each
-        // distinct string is looked up once.
+        // Types and tags in key order (positions ascending within each): each distinct string
+        // is looked up once, all of them in one cursor walk through the intern table.
         keyed.sort_unstable_by(|a, b| (a.0 as u8, a.1, a.2).cmp(&(b.0 as u8, b.1, b.2)));
-        let mut last: Option<(Kind, &str, u32)> = None;
+        let mut names: Vec<(Kind, &str)> =
+            keyed.iter().map(|&(kind, name, _)| (kind, name)).collect();
+        names.dedup();
+        let ids = intern::get_or_create_sorted(txn, dbs, &names)?;
+        let mut named = names.iter().zip(ids).peekable();
         for (kind, name, position) in keyed {
-            let id = match last {
-                Some((k, n, id)) if k == kind && n == name => id,
-                _ => intern::get_or_create(txn, dbs, kind, name)?,
+            while named.next_if(|&(&n, _)| n != (kind, name)).is_some() {}
+            let Some(&(_, id)) = named.peek() else {
+                return Err(Error::Internal(format!(
+                    "the writer lost the id of {kind:?} {name:?}; the group was not written"
+                )));
             };
-            last = Some((kind, name, id));
             self.keys.push((kind, id, position));
         }
         self.head += request.events.len() as u64;
@@ -411,10 +416,6 @@ impl<'a> Group<'a> {
             .collect()
     }
 }
-
-/// Most entries the index walk steps back over, towards the next key it updates, before it
-/// seeks instead: a step costs a comparison or two, a seek a descent from the B-tree's root.
-const WALK_LIMIT: usize = 16;
 
 /// Adds `keys` (sorted by kind, id and position, no repeats) to the index chunks.
 ///
