@@ -16,6 +16,11 @@ use tonic::transport::server::Connected;
 /// what is held and without being copied.
 const HOLD_LIMIT: usize = 16 * 1024;
 
+/// Buffer capacity a connection keeps once everything held is written. A burst of small frames
+/// may grow the buffer to `HOLD_LIMIT`; an idle connection gives the rest back, so thousands of
+/// open connections do not each keep that much.
+const KEEP_CAPACITY: usize = 4 * 1024;
+
 const FRAME_HEADER_LEN: usize = 9;
 const FRAME_TYPE_DATA: u8 = 0x0;
 const FLAG_END_STREAM: u8 = 0x1;
@@ -62,9 +67,18 @@ impl<IO: AsyncWrite + Unpin> Coalesce<IO> {
             }
             self.written += n;
         }
-        self.held.clear();
-        self.written = 0;
+        self.emptied();
         Poll::Ready(Ok(()))
+    }
+
+    /// Everything held has been written.
+    fn emptied(&mut self) {
+        self.written = 0;
+        if self.held.capacity() > KEEP_CAPACITY {
+            self.held = Vec::new();
+        } else {
+            self.held.clear();
+        }
     }
 
     fn hold(&mut self, bufs: &[io::IoSlice<'_>]) -> usize {
@@ -129,8 +143,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesce<IO> {
                 this.written += n;
                 continue;
             }
-            this.held.clear();
-            this.written = 0;
+            this.emptied();
             this.frames.track_written(bufs, n - held);
             return Poll::Ready(Ok(n - held));
         }
@@ -439,6 +452,30 @@ mod tests {
         let all: Vec<u8> = h.writes().concat();
         assert_eq!(all, [head, big].concat());
         assert!(h.writes().iter().all(|w| w.len() <= 1000));
+    }
+
+    #[test]
+    fn a_connection_gives_back_a_large_buffer_once_it_is_written() {
+        let mut h = Harness::new(true, usize::MAX);
+        // Many small frames: all held, growing the buffer well past what is kept.
+        let small = frame(FRAME_TYPE_DATA, 0, 200);
+        for _ in 0..(HOLD_LIMIT / small.len()) {
+            h.write(&small);
+        }
+        assert!(h.io.held.capacity() > KEEP_CAPACITY);
+        let closing = frame(HEADERS, END_HEADERS | FLAG_END_STREAM, 10);
+        h.write(&closing);
+        assert!(matches!(h.flush(), Poll::Ready(Ok(()))));
+        assert!(h.io.held.capacity() <= KEEP_CAPACITY);
+        // A small response keeps its buffer for the next one.
+        h.write(&closing);
+        assert!(matches!(h.flush(), Poll::Ready(Ok(()))));
+        assert!(h.io.held.capacity() > 0 && h.io.held.capacity() <= KEEP_CAPACITY);
+        let written: usize = h.writes().iter().map(Vec::len).sum();
+        assert_eq!(
+            written,
+            (HOLD_LIMIT / small.len()) * small.len() + 2 * closing.len()
+        );
     }
 
     #[test]
