@@ -1,6 +1,6 @@
 //! The writer adds a commit's index entries in one backwards walk over the index: it steps over
 //! keys it leaves alone, seeks past long gaps, rewrites each key's newest chunk where the cursor
-//! stands, and inserts chunks under new keys afterwards (appending those past the index's end).
+//! stands, and inserts chunks under new keys afterwards.
 //! These runs mix the cases round by round: runs of neighbouring tags, tags far apart, new tags
 //! (whose keys land at the end of the index), new event types (whose keys land in its middle), and
 //! a tag whose chunks fill up and split. After the rounds the check must find the indexes holding

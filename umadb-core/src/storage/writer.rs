@@ -423,8 +423,10 @@ impl<'a> Group<'a> {
 /// entries of keys it leaves alone, or seeking when the next key is more than `WALK_LIMIT`
 /// entries away. Each key's newest chunk is read where the cursor stands and rewritten in place,
 /// so updating a key costs a few cursor steps instead of a lookup and an insert, each from the
-/// root. Chunks under new index keys are inserted afterwards in key order; those past the
-/// index's last key (new tags, whose ids are the highest) are appended at its end.
+/// root. Chunks under new index keys are inserted afterwards in key order, by plain puts: new
+/// tags' keys all land at the index's end, but `MDB_APPEND` would fill those pages to the brim,
+/// and as every tag's chunk grows with later events they would all split (1,000,000
+/// prepopulated events took 2.4% more disk with it).
 fn add_to_index(
     txn: &mut RwTxn,
     dbs: &Dbs,
@@ -433,11 +435,6 @@ fn add_to_index(
 ) -> Result<()> {
     let runs: Vec<&[(Kind, u32, Position)]> =
         keys.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)).collect();
-    let end = dbs
-        .index
-        .last(txn)
-        .map_err(storage_error)?
-        .map(|(key, _)| key.to_vec());
     let mut fresh: Vec<([u8; INDEX_KEY_LEN], Vec<u8>)> = Vec::new();
     let mut next = runs.len();
     'seek: while let Some(&run) = next.checked_sub(1).and_then(|i| runs.get(i)) {
@@ -500,15 +497,7 @@ fn add_to_index(
     }
     fresh.sort_unstable_by_key(|&(key, _)| key);
     for (key, bytes) in fresh {
-        let past_end = end.as_deref().is_none_or(|end| key[..] > *end);
-        let flags = if past_end {
-            PutFlags::APPEND
-        } else {
-            PutFlags::empty()
-        };
-        dbs.index
-            .put_with_flags(txn, flags, &key, &bytes)
-            .map_err(storage_error)?;
+        dbs.index.put(txn, &key, &bytes).map_err(storage_error)?;
     }
     Ok(())
 }
