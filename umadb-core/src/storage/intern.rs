@@ -70,6 +70,7 @@ pub fn get_or_create_sorted(
             .range(txn, &(Bound::Included(from.as_slice()), Bound::Unbounded))
             .map_err(storage_error)?;
         let mut at = walk.next().transpose().map_err(storage_error)?;
+        let walked = names[first].0;
         while let Some(i) = next {
             let (kind, name) = names[i];
             let key = format::intern_key(kind, name);
@@ -78,7 +79,8 @@ pub fn get_or_create_sorted(
                 if stored >= key.as_slice() {
                     break;
                 }
-                if steps == WALK_LIMIT {
+                // Another kind's names lie past all of this kind's: seek at once.
+                if steps == WALK_LIMIT || kind != walked {
                     continue 'seek;
                 }
                 at = walk.next().transpose().map_err(storage_error)?;
