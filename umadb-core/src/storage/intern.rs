@@ -60,9 +60,10 @@ pub fn get_or_create_sorted(
     names: &[(Kind, &str)],
 ) -> Result<Vec<u32>> {
     let mut ids: Vec<Option<u32>> = vec![None; names.len()];
-    let mut next = names
-        .iter()
-        .position(|&(_, name)| !format::is_hashed_intern(name));
+    // The first name from `from` on that is its own key.
+    let inline_from =
+        |from: usize| (from..names.len()).find(|&i| !format::is_hashed_intern(names[i].1));
+    let mut next = inline_from(0);
     'seek: while let Some(first) = next {
         let from = format::intern_key(names[first].0, names[first].1);
         let mut walk = dbs
@@ -91,11 +92,7 @@ pub fn get_or_create_sorted(
                     ids[i] = Some(format::decode_u32(value, "intern id")?);
                 }
             }
-            next = names
-                .iter()
-                .skip(i + 1)
-                .position(|&(_, name)| !format::is_hashed_intern(name))
-                .map(|offset| i + 1 + offset);
+            next = inline_from(i + 1);
         }
     }
     names

@@ -435,11 +435,12 @@ fn add_to_index(
 ) -> Result<()> {
     let runs: Vec<&[(Kind, u32, Position)]> =
         keys.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)).collect();
+    // The highest index key a run's (kind, id) can have.
+    let top = |run: &[(Kind, u32, Position)]| format::index_key(run[0].0, run[0].1, Position::MAX);
     let mut fresh: Vec<([u8; INDEX_KEY_LEN], Vec<u8>)> = Vec::new();
     let mut next = runs.len();
     'seek: while let Some(&run) = next.checked_sub(1).and_then(|i| runs.get(i)) {
-        let (kind, id, _) = run[0];
-        let hi = format::index_key(kind, id, Position::MAX);
+        let hi = top(run);
         let mut walk = dbs
             .index
             .rev_range_mut(txn, &(Bound::Unbounded, Bound::Included(hi.as_slice())))
@@ -447,7 +448,7 @@ fn add_to_index(
         let mut at = step(&mut walk)?;
         while let Some(&run) = next.checked_sub(1).and_then(|i| runs.get(i)) {
             let (kind, id, _) = run[0];
-            let hi = format::index_key(kind, id, Position::MAX);
+            let hi = top(run);
             let mut steps = 0;
             while let Some((key, _)) = &at {
                 if key[..] <= hi[..] {
