@@ -1,7 +1,8 @@
 //! The load generator's HTTP/2 transport: one hyper connection per simulated client, used
 //! directly. tonic's `Channel` puts a buffer task between the caller and the connection, one
 //! more task wakeup per request that the load generator would pay on the same two cores as
-//! the server it measures.
+//! the server it measures. The socket is written through `Coalesce`, as the Rust client's is,
+//! so a call's headers and message leave in one write.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,6 +12,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tonic::body::Body;
+use umadb_proto::coalesce::{Coalesce, Side};
 
 /// One HTTP/2 connection; clones share it.
 #[derive(Clone)]
@@ -43,7 +45,7 @@ impl Connection {
         let (send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(Coalesce::new(stream, Side::Client, true)))
             .await
             .map_err(|e| format!("cannot connect to {url}: {e}"))?;
         tokio::spawn(async move {

@@ -93,6 +93,15 @@ struct Tally {
 }
 
 impl Tally {
+    /// A client that could not even start: one error, nothing done.
+    fn failed(error: String) -> Self {
+        Tally {
+            errors: 1,
+            first_error: Some(error),
+            ..Default::default()
+        }
+    }
+
     fn record(&mut self, started: Instant, result: Result<u64, String>) {
         self.latencies_us
             .push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
@@ -263,11 +272,7 @@ async fn append_client(
     let mut tally = Tally::default();
     let mut client = match target.connect().await {
         Ok(c) => c,
-        Err(e) => {
-            tally.errors += 1;
-            tally.first_error = Some(e);
-            return tally;
-        }
+        Err(e) => return Tally::failed(e),
     };
     let mut after = client
         .head(target.request(v1::HeadRequest {}))
@@ -316,15 +321,30 @@ async fn append_client(
     tally
 }
 
+/// Asks for the head over and over: a call with no storage work, so its rate is what the gRPC
+/// round trip alone allows on this machine (the ceiling for one-event appends).
+async fn head_client(target: Target, deadline: Instant) -> Tally {
+    let mut tally = Tally::default();
+    let mut client = match target.connect().await {
+        Ok(c) => c,
+        Err(e) => return Tally::failed(e),
+    };
+    while Instant::now() < deadline {
+        let t = Instant::now();
+        let result = match client.head(target.request(v1::HeadRequest {})).await {
+            Ok(_) => Ok(0),
+            Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
+        };
+        tally.record(t, result);
+    }
+    tally
+}
+
 async fn read_client(target: Target, spec: ReadSpec, deadline: Instant, client_id: usize) -> Tally {
     let mut tally = Tally::default();
     let mut client = match target.connect().await {
         Ok(c) => c,
-        Err(e) => {
-            tally.errors += 1;
-            tally.first_error = Some(e);
-            return tally;
-        }
+        Err(e) => return Tally::failed(e),
     };
     let mut k = client_id as u64 * 7919;
     while Instant::now() < deadline {
@@ -450,6 +470,18 @@ pub async fn append(target: &Target, clients: usize, spec: AppendSpec, seconds: 
     summarise(name, clients, spec.events_per_request, elapsed, tallies)
 }
 
+/// `clients` callers of `Head` for `seconds`.
+pub async fn head(target: &Target, clients: usize, seconds: u64) -> RunResult {
+    let (elapsed, tallies) = run_clients(
+        &format!("head x{clients}"),
+        seconds,
+        clients,
+        |_, deadline| tokio::spawn(head_client(target.clone(), deadline)),
+    )
+    .await;
+    summarise("head", clients, 0, elapsed, tallies)
+}
+
 /// `clients` readers for `seconds`.
 pub async fn read(target: &Target, clients: usize, spec: ReadSpec, seconds: u64) -> RunResult {
     let name = match spec {
@@ -491,11 +523,7 @@ pub async fn mixed(
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            let failed = Tally {
-                errors: 1,
-                first_error: Some(format!("cannot start the readers' runtime: {e}")),
-                ..Default::default()
-            };
+            let failed = Tally::failed(format!("cannot start the readers' runtime: {e}"));
             return summarise("mixed-writers", writers, 0, started.elapsed(), vec![failed]);
         }
     };
@@ -561,11 +589,10 @@ fn tick(bar: ProgressBar, started: Instant, seconds: u64) -> tokio::task::JoinHa
 async fn join_all(tasks: Vec<tokio::task::JoinHandle<Tally>>) -> Vec<Tally> {
     let mut tallies = Vec::with_capacity(tasks.len());
     for task in tasks {
-        tallies.push(task.await.unwrap_or_else(|e| Tally {
-            errors: 1,
-            first_error: Some(format!("client task failed: {e}")),
-            ..Default::default()
-        }));
+        tallies.push(
+            task.await
+                .unwrap_or_else(|e| Tally::failed(format!("client task failed: {e}"))),
+        );
     }
     tallies
 }

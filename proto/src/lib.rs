@@ -1,6 +1,9 @@
 //! The `umadb.v1` wire protocol: code generated from `umadb/v1/umadb.proto`, the conversions
 //! between wire messages and the domain types of `umadb-core`, and the one mapping between
 //! [`umadb_core::Error`] and gRPC statuses (used by the server to send and the client to decode).
+//! Also the socket wrapper both ends write HTTP/2 through ([`coalesce`]).
+
+pub mod coalesce;
 
 #[allow(clippy::all)]
 pub mod v1 {

@@ -11,6 +11,7 @@ use umadb_proto::v1;
 use umadb_proto::v1::dcb_client::DcbClient;
 
 use crate::auth::ApiKey;
+use crate::connector::Connector;
 use crate::retry::{connect_error, with_retry, Repeat};
 use crate::{
     AppendCondition, AppendRequest, ClientBuilder, Error, Event, Position, Query, ReadResponse,
@@ -76,7 +77,7 @@ impl Client {
         let endpoint = builder.endpoint()?;
         let api_key = ApiKey::new(builder.api_key.as_deref())?;
         let channel = endpoint
-            .connect()
+            .connect_with_connector(Connector::new(endpoint.uri().scheme_str() == Some("https")))
             .await
             .map_err(|e| connect_error(e, &builder.url))?;
         let transport = InterceptedService::new(channel, api_key);

@@ -59,6 +59,7 @@
 mod auth;
 pub mod blocking;
 mod client;
+mod connector;
 mod options;
 mod retry;
 mod stream;

@@ -34,6 +34,32 @@ async fn append_returns_the_position_of_the_last_event_written() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_host_name_is_resolved_and_calls_with_a_message_are_answered() {
+    let server = TestServer::start().await;
+    // The client dials through its own connector: the name is resolved (to ::1 and 127.0.0.1
+    // on most machines; the server listens on the latter), and every call's headers and
+    // message are written together.
+    let url = format!("http://localhost:{}", server.addr().port());
+    let client = Client::connect(url).await.expect("connect by name");
+    for n in 0..20 {
+        let position = client
+            .append(vec![course_event("named", n)], None, None)
+            .await
+            .expect("append");
+        assert_eq!(position, u64::from(n) + 1);
+    }
+    let (events, head) = client
+        .read(Some(course_query("named")), None, false, None)
+        .await
+        .expect("read")
+        .collect_with_head()
+        .await
+        .expect("events");
+    assert_eq!(events.len(), 20);
+    assert_eq!(head, Some(20));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn events_round_trip_byte_for_byte() {
     let server = TestServer::start().await;
     let client = client(&server).await;

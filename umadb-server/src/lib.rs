@@ -13,7 +13,6 @@
 
 mod auth;
 mod closable;
-mod coalesce;
 mod config;
 mod encoded;
 mod fanout;
@@ -39,6 +38,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 use umadb_core::{Store, StoreOptions};
+use umadb_proto::coalesce::{Coalesce, Side};
 use umadb_proto::v1::dcb_server::DcbServer;
 
 /// The name under which the DCB service reports its health.
@@ -222,7 +222,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let incoming = incoming.filter_map(move |tcp| match tcp {
         Ok(tcp) => match connections.clone().try_acquire_owned() {
             Ok(permit) => Some(Ok(Closable::new(
-                coalesce::Coalesce::new(tcp, plain),
+                Coalesce::new(tcp, Side::Server, plain),
                 close_rx.clone(),
                 permit,
             ))),

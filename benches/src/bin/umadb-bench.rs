@@ -5,6 +5,7 @@
 //! umadb-bench append --clients 64 --events-per-request 1 --seconds 10 [--conditional] [--boundary-tag]
 //! umadb-bench read --clients 1 --seconds 10 [--tag-query | --catch-up]
 //! umadb-bench mixed --writers 8 --readers 4 --seconds 10
+//! umadb-bench head --clients 64 --seconds 10
 //! umadb-bench sweep --workload append --max-clients 256 --seconds 5 --out-dir docs/bench
 //! ```
 //! Every command prints a markdown table and writes its results as JSON (`--out`).
@@ -37,8 +38,9 @@ struct Cli {
     /// Where to write the JSON results.
     #[arg(long, global = true, default_value = "bench-results.json")]
     out: PathBuf,
-    /// Run append/read/mixed this many times and report the median run (by events/s); every
-    /// run goes into the JSON. With growth: this many runs at each store size, the median kept.
+    /// Run append/read/mixed/head this many times and report the median run (by events/s, or
+    /// requests/s for head); every run goes into the JSON. With growth: this many runs at each
+    /// store size, the median kept.
     #[arg(long, global = true, default_value_t = 1)]
     repeat: usize,
     #[command(subcommand)]
@@ -100,6 +102,14 @@ enum Command {
         #[arg(long, default_value_t = 100_000)]
         tags: u64,
     },
+    /// Concurrent callers of `Head`, which does no storage work: the rate of the gRPC round
+    /// trip alone, a ceiling for one-event appends.
+    Head {
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Append throughput against store size: grow the store step by step (prepopulating) and
     /// measure appends at each size; writes a table and a PNG plot.
     Growth {
@@ -159,7 +169,10 @@ async fn run(cli: Cli) -> Result<(), String> {
     let repeated = cli.repeat > 1
         && matches!(
             cli.command,
-            Command::Append { .. } | Command::Read { .. } | Command::Mixed { .. }
+            Command::Append { .. }
+                | Command::Read { .. }
+                | Command::Mixed { .. }
+                | Command::Head { .. }
         );
     let results: Vec<RunResult> = match cli.command {
         Command::Prepopulate { events, batch } => {
@@ -227,6 +240,13 @@ async fn run(cli: Cli) -> Result<(), String> {
                     )
                     .await,
                 );
+            }
+            median_first(runs)
+        }
+        Command::Head { clients, seconds } => {
+            let mut runs = Vec::new();
+            for _ in 0..cli.repeat.max(1) {
+                runs.push(workload::head(&target, clients.max(1), seconds).await);
             }
             median_first(runs)
         }
@@ -329,10 +349,15 @@ async fn run(cli: Cli) -> Result<(), String> {
     Ok(())
 }
 
-/// The runs with the median one (by events/s) first; the table shows only that one.
+/// The runs with the median one (by events/s, then requests/s: `head` moves no events) first;
+/// the table shows only that one.
 fn median_first(mut runs: Vec<RunResult>) -> Vec<RunResult> {
     let mut order: Vec<usize> = (0..runs.len()).collect();
-    order.sort_by(|&a, &b| runs[a].events_per_sec.total_cmp(&runs[b].events_per_sec));
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&runs[a], &runs[b]);
+        (a.events_per_sec.total_cmp(&b.events_per_sec))
+            .then(a.requests_per_sec.total_cmp(&b.requests_per_sec))
+    });
     let median = order[order.len() / 2];
     let first = runs.remove(median);
     let mut all = vec![first];

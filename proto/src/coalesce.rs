@@ -1,10 +1,16 @@
-//! One socket write per response where h2 would make two.
+//! One socket write per gRPC message exchange where h2 would make two.
 //!
-//! h2 writes a DATA frame larger than 256 bytes straight from its buffer and flushes it before it
-//! will encode anything else, so a response's closing status (its trailers) goes out in a second
-//! write, and the client wakes twice for one answer. `Coalesce` holds small writes back and, when
-//! a flush ends on a DATA frame that does not end its stream, defers that flush once: the task
-//! runs again at once, h2 encodes the trailers, and both leave in one write.
+//! h2 flushes what it has encoded whenever its task runs out of frames, and the frames of one
+//! call are often ready a moment apart:
+//! - on a server, h2 writes a DATA frame larger than 256 bytes straight from its buffer and
+//!   flushes it before it will encode anything else, so a response's closing status (its
+//!   trailers) goes out in a second write, and the client wakes twice for one answer;
+//! - on a client, a request's HEADERS frame is flushed before the task that sends its body has
+//!   run, so the message follows in a second write, and the server wakes twice for one call.
+//!
+//! `Coalesce` holds small writes back and, when a flush ends on a frame that its stream's next
+//! frames will follow, defers that flush once: the task runs again at once, h2 encodes the rest,
+//! and all of it leaves in one write.
 
 use std::io;
 use std::pin::Pin;
@@ -22,33 +28,47 @@ const HOLD_LIMIT: usize = 16 * 1024;
 const KEEP_CAPACITY: usize = 4 * 1024;
 
 const FRAME_HEADER_LEN: usize = 9;
+/// What a client writes before its first frame (RFC 9113, section 3.4).
+const CLIENT_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_TYPE_DATA: u8 = 0x0;
+const FRAME_TYPE_HEADERS: u8 = 0x1;
 const FLAG_END_STREAM: u8 = 0x1;
 
-pub(crate) struct Coalesce<IO> {
+/// Which end of the HTTP/2 connection writes through a [`Coalesce`]: it decides which open
+/// frames are worth waiting after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// A response's DATA frame is followed by its trailers.
+    Server,
+    /// A request's HEADERS frame is followed by its message (and a DATA frame by the end of
+    /// the stream).
+    Client,
+}
+
+pub struct Coalesce<IO> {
     io: IO,
     /// Bytes accepted from h2 and not yet written to the socket.
     held: Vec<u8>,
     /// How far into `held` the socket has taken.
     written: usize,
-    /// Whether the current flush was already put off once.
-    deferred: bool,
+    /// How many times the current flush was put off.
+    deferred: u8,
     /// Whether the bytes written are HTTP/2 frames (no TLS): only then is anything held back.
     plain: bool,
     frames: FrameTracker,
 }
 
 impl<IO> Coalesce<IO> {
-    /// Wraps `io`; `plain` says the bytes written to it are HTTP/2 frames (no TLS). Otherwise
-    /// writes pass straight through.
-    pub fn new(io: IO, plain: bool) -> Self {
+    /// Wraps `io`, written by the `side` end of a connection; `plain` says the bytes written to
+    /// it are HTTP/2 frames (no TLS). Otherwise writes pass straight through.
+    pub fn new(io: IO, side: Side, plain: bool) -> Self {
         Coalesce {
             io,
             held: Vec::new(),
             written: 0,
-            deferred: false,
+            deferred: 0,
             plain,
-            frames: FrameTracker::default(),
+            frames: FrameTracker::new(side),
         }
     }
 }
@@ -157,11 +177,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesce<IO> {
         let this = self.get_mut();
         if this.plain
             && this.written < this.held.len()
-            && !this.deferred
+            && this.deferred < this.frames.side.max_deferrals()
             && this.frames.awaits_more()
         {
             // Let the task run once more, so the frames that close the stream join this write.
-            this.deferred = true;
+            this.deferred += 1;
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
@@ -169,7 +189,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesce<IO> {
             Poll::Ready(Ok(())) => {}
             other => return other,
         }
-        this.deferred = false;
+        this.deferred = 0;
         Pin::new(&mut this.io).poll_flush(cx)
     }
 
@@ -192,8 +212,8 @@ impl<IO: Connected> Connected for Coalesce<IO> {
 }
 
 /// Follows the HTTP/2 frames in the bytes written, to know the last one.
-#[derive(Default)]
 struct FrameTracker {
+    side: Side,
     /// Payload bytes of the current frame still to come.
     remaining: usize,
     /// A frame header split across writes.
@@ -202,7 +222,32 @@ struct FrameTracker {
     last: Option<(u8, u8)>,
 }
 
+impl Side {
+    /// How many times in a row a flush may be put off. A client's unary call takes two: its
+    /// HEADERS frame, then the DATA frame carrying its message, come before the empty DATA
+    /// frame that ends the stream. A server's response needs one, for its trailers.
+    fn max_deferrals(self) -> u8 {
+        match self {
+            Side::Server => 1,
+            Side::Client => 2,
+        }
+    }
+}
+
 impl FrameTracker {
+    fn new(side: Side) -> Self {
+        FrameTracker {
+            side,
+            // A client's first bytes are the connection preface, which is not a frame.
+            remaining: match side {
+                Side::Server => 0,
+                Side::Client => CLIENT_PREFACE.len(),
+            },
+            header: Vec::new(),
+            last: None,
+        }
+    }
+
     fn track(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             if self.remaining > 0 {
@@ -238,10 +283,17 @@ impl FrameTracker {
         }
     }
 
-    /// Whether the last frame is a DATA frame its stream's close will follow: the status of a
-    /// response goes in a HEADERS frame after it.
+    /// Whether the last frame leaves its stream open with more of it coming at once: on a
+    /// server, a DATA frame before the status of a response (a HEADERS frame); on a client,
+    /// also the HEADERS frame of a request before its message.
     fn awaits_more(&self) -> bool {
-        matches!(self.last, Some((FRAME_TYPE_DATA, flags)) if flags & FLAG_END_STREAM == 0)
+        match self.last {
+            Some((kind, flags)) if flags & FLAG_END_STREAM == 0 => match self.side {
+                Side::Server => kind == FRAME_TYPE_DATA,
+                Side::Client => kind == FRAME_TYPE_DATA || kind == FRAME_TYPE_HEADERS,
+            },
+            _ => false,
+        }
     }
 }
 
@@ -320,8 +372,9 @@ mod tests {
         bytes
     }
 
-    const HEADERS: u8 = 0x1;
+    const HEADERS: u8 = FRAME_TYPE_HEADERS;
     const END_HEADERS: u8 = 0x4;
+    const SETTINGS: u8 = 0x4;
 
     struct Harness {
         io: Coalesce<Recorder>,
@@ -331,6 +384,10 @@ mod tests {
 
     impl Harness {
         fn new(plain: bool, room: usize) -> Self {
+            Harness::on(Side::Server, plain, room)
+        }
+
+        fn on(side: Side, plain: bool, room: usize) -> Self {
             let wakes = Arc::new(Wakes::default());
             Harness {
                 io: Coalesce::new(
@@ -338,6 +395,7 @@ mod tests {
                         writes: Vec::new(),
                         room,
                     },
+                    side,
                     plain,
                 ),
                 waker: Waker::from(wakes.clone()),
@@ -385,6 +443,56 @@ mod tests {
         assert!(matches!(h.flush(), Poll::Ready(Ok(()))));
         let expected: Vec<u8> = [head, data, trailers].concat();
         assert_eq!(h.writes(), &[expected], "one write, the frames in order");
+    }
+
+    #[test]
+    fn a_request_whose_headers_were_flushed_alone_leaves_with_its_message_in_one_write() {
+        let mut h = Harness::on(Side::Client, true, usize::MAX);
+        // The connection opens with the preface, which is not a frame, and SETTINGS.
+        let settings = frame(SETTINGS, 0, 12);
+        h.write(CLIENT_PREFACE);
+        h.write(&settings);
+        assert!(matches!(h.flush(), Poll::Ready(Ok(()))));
+        assert_eq!(h.writes(), &[[CLIENT_PREFACE, &settings[..]].concat()]);
+        let head = frame(HEADERS, END_HEADERS, 60);
+        let message = frame(FRAME_TYPE_DATA, 0, 120);
+        let end = frame(FRAME_TYPE_DATA, FLAG_END_STREAM, 0);
+        h.write(&head);
+        assert!(
+            h.flush().is_pending(),
+            "a client's flush ending on open HEADERS is put off"
+        );
+        h.write(&message);
+        assert!(h.flush().is_pending(), "and once more after its message");
+        h.write(&end);
+        assert!(matches!(h.flush(), Poll::Ready(Ok(()))));
+        assert_eq!(h.wakes.0.load(Ordering::SeqCst), 2);
+        assert_eq!(h.writes()[1], [head, message, end].concat());
+        // Twice at most: a message whose end is late leaves without it.
+        let head = frame(HEADERS, END_HEADERS, 60);
+        h.write(&head);
+        assert!(h.flush().is_pending());
+        assert!(h.flush().is_pending());
+        assert!(matches!(h.flush(), Poll::Ready(Ok(()))));
+        assert_eq!(h.writes()[2], head);
+    }
+
+    #[test]
+    fn a_server_does_not_wait_after_response_headers_nor_a_client_after_a_closed_request() {
+        // A server's response headers may precede a stream's first batch by long: no waiting.
+        let mut server = Harness::new(true, usize::MAX);
+        let head = frame(HEADERS, END_HEADERS, 20);
+        server.write(&head);
+        assert!(matches!(server.flush(), Poll::Ready(Ok(()))));
+        assert_eq!(server.writes(), &[head]);
+        // A request without a message (its HEADERS end the stream) leaves at once.
+        let mut client = Harness::on(Side::Client, true, usize::MAX);
+        let closed = frame(HEADERS, END_HEADERS | FLAG_END_STREAM, 20);
+        client.write(&closed);
+        assert!(matches!(client.flush(), Poll::Ready(Ok(()))));
+        assert_eq!(client.writes(), &[closed]);
+        assert_eq!(server.wakes.0.load(Ordering::SeqCst), 0);
+        assert_eq!(client.wakes.0.load(Ordering::SeqCst), 0);
     }
 
     #[test]
