@@ -9,7 +9,7 @@ mod types;
 pub use error::{Error, Result};
 #[cfg(feature = "storage")]
 #[doc(hidden)]
-pub use storage::{debug_counters, reset_debug_counters};
+pub use storage::{debug_counters, debug_index_lookups, reset_debug_counters};
 #[cfg(feature = "storage")]
 pub use storage::{CheckReport, PageSummary, Reader, Store, StoreOptions, DEFAULT_INDEX_LAG};
 pub use types::{

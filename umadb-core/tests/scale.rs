@@ -3,8 +3,8 @@
 //! by size, not by position range), so its whole history is one chunk load. Counts, not timings (performance is measured in benches/).
 
 use umadb_core::{
-    debug_counters, reset_debug_counters, AppendRequest, Event, Position, Query, QueryItem,
-    ReadRequest, Store, StoreOptions,
+    debug_counters, debug_index_lookups, reset_debug_counters, AppendRequest, Event, Position,
+    Query, QueryItem, ReadRequest, Store, StoreOptions,
 };
 
 const EVENTS: u64 = 1_000_000;
@@ -85,6 +85,12 @@ fn queries_on_a_million_events_touch_only_what_they_return() {
         chunks, 1,
         "the tag's ten positions share one chunk, loaded once"
     );
+    assert_eq!(
+        debug_index_lookups(),
+        3,
+        "the chunk's base found from the start of the log, the chunk loaded at its second \
+         position, and no chunk after it: one index lookup each"
+    );
 
     // Backwards with a limit stops at the first match.
     let (got, decoded, chunks) = measured(
@@ -113,6 +119,11 @@ fn queries_on_a_million_events_touch_only_what_they_return() {
     assert_eq!(got, later);
     assert_eq!(decoded, later.len() as u64);
     assert_eq!(chunks, 1);
+    assert_eq!(
+        debug_index_lookups(),
+        2,
+        "the chunk holding the start, then none after it"
+    );
 
     // Type and tag: the type's chunks are loaded only where the tag has events (the type is
     // dense, so each of the tag's ten positions lies in a different chunk of the type).
@@ -145,6 +156,7 @@ fn queries_on_a_million_events_touch_only_what_they_return() {
     assert_eq!(decoded, both.len() as u64);
     // One chunk per tag, each loaded once.
     assert_eq!(chunks, 2);
+    assert_eq!(debug_index_lookups(), 6);
 
     // A dense type, limited: one chunk, as many records as asked.
     let (got, decoded, chunks) = measured(

@@ -24,6 +24,13 @@ use std::ops::ControlFlow;
 thread_local! {
     /// Index chunk loads on this thread; see [`super::debug_counters`].
     pub(crate) static CHUNKS_LOADED: Cell<u64> = const { Cell::new(0) };
+    /// Index lookups (B-tree descents) of query walks on this thread; see
+    /// [`super::debug_index_lookups`].
+    pub(crate) static INDEX_LOOKUPS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count_index_lookup() {
+    INDEX_LOOKUPS.with(|n| n.set(n.get() + 1));
 }
 
 /// A query resolved against the intern table.
@@ -394,8 +401,17 @@ impl KeyCursor {
                 return Ok(chunk.find(p, walk.backwards));
             }
         }
-        // The chunk that would hold `p`: the last one starting at or before it.
         let key = format::index_key(self.kind, self.id, p);
+        // Forwards from the start of the log, or from just past the chunk in hand (the walk's
+        // usual step), no chunk starting before `p` can hold it: the answer is the base of the
+        // first chunk at or after it, one lookup where the general case below takes two. That
+        // chunk is loaded when the walk moves into it, as below.
+        let just_past = matches!(&self.chunk, Some(chunk) if chunk.last.checked_add(1) == Some(p));
+        if !walk.backwards && (p <= 1 || just_past) {
+            return self.next_base(walk, &key, true);
+        }
+        // The chunk that would hold `p`: the last one starting at or before it.
+        count_index_lookup();
         let found = walk
             .dbs
             .index
@@ -419,11 +435,25 @@ impl KeyCursor {
             return Ok(None);
         }
         // Forward past the end of that chunk: the next chunk's base is its first position.
-        let next = walk
-            .dbs
-            .index
-            .get_greater_than(walk.txn, &key)
-            .map_err(storage_error)?;
+        self.next_base(walk, &key, false)
+    }
+
+    /// The base of the key's first chunk after `key` (or at it, when `inclusive`): that
+    /// chunk's first position, if there is one.
+    fn next_base(
+        &self,
+        walk: &Walk<'_, '_>,
+        key: &[u8],
+        inclusive: bool,
+    ) -> Result<Option<Position>> {
+        count_index_lookup();
+        let index = walk.dbs.index;
+        let next = if inclusive {
+            index.get_greater_than_or_equal_to(walk.txn, key)
+        } else {
+            index.get_greater_than(walk.txn, key)
+        };
+        let next = next.map_err(storage_error)?;
         Ok(next.and_then(|(k, _)| format::index_key_base(k, self.kind, self.id)))
     }
 }

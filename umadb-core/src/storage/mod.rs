@@ -420,10 +420,18 @@ pub fn debug_counters() -> (u64, u64) {
     )
 }
 
+/// Index lookups (B-tree descents into the index) of query walks on the calling thread since
+/// the last [`reset_debug_counters`].
+#[doc(hidden)]
+pub fn debug_index_lookups() -> u64 {
+    eval::INDEX_LOOKUPS.with(std::cell::Cell::get)
+}
+
 #[doc(hidden)]
 pub fn reset_debug_counters() {
     read::RECORDS_DECODED.with(|n| n.set(0));
     eval::CHUNKS_LOADED.with(|n| n.set(0));
+    eval::INDEX_LOOKUPS.with(|n| n.set(0));
 }
 
 pub(crate) fn nonzero(p: Position) -> Option<Position> {
