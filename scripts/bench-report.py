@@ -124,7 +124,7 @@ commit took 0.43 ms and the rest of the round trip about 0.23 ms. That keeps one
 
 Many clients are bound by the CPU instead: the server and the load generator share its two
 cores, and most of what a call costs either side is the kernel carrying it over loopback TCP
-(three quarters of the server's CPU for a `Head` call, in a profile on 2026-12-02). In this run,
+(58% of the server's CPU for `Head` calls, in a profile on 2026-12-02). In this run,
 64 clients calling `Head`, which reads nothing and writes nothing, made
 {head['requests_per_sec']:,.0f} calls/s; 64 clients appending one event each made
 {many['events_per_sec'] / head['requests_per_sec']:.0%} of that.
