@@ -9,8 +9,8 @@
 //!   run, so the message follows in a second write, and the server wakes twice for one call.
 //!
 //! `Coalesce` holds small writes back and, when a flush ends on a frame that its stream's next
-//! frames will follow, defers that flush once: the task runs again at once, h2 encodes the rest,
-//! and all of it leaves in one write.
+//! frames will follow, defers that flush (once on a server, up to twice on a client): the task
+//! runs again at once, h2 encodes the rest, and all of it leaves in one write.
 
 use std::io;
 use std::pin::Pin;
@@ -45,6 +45,20 @@ pub enum Side {
     Client,
 }
 
+impl Side {
+    /// How many times in a row a flush may be put off. A client's unary call takes two: its
+    /// HEADERS frame, then the DATA frame carrying its message, come before the empty DATA
+    /// frame that ends the stream. A server's response needs one, for its trailers.
+    fn max_deferrals(self) -> u8 {
+        match self {
+            Side::Server => 1,
+            Side::Client => 2,
+        }
+    }
+}
+
+/// A socket that holds HTTP/2 frames back until the frames that follow them at once are written
+/// too (see the module documentation).
 pub struct Coalesce<IO> {
     io: IO,
     /// Bytes accepted from h2 and not yet written to the socket.
@@ -220,18 +234,6 @@ struct FrameTracker {
     header: Vec<u8>,
     /// The type and flags of the last frame whose header was seen.
     last: Option<(u8, u8)>,
-}
-
-impl Side {
-    /// How many times in a row a flush may be put off. A client's unary call takes two: its
-    /// HEADERS frame, then the DATA frame carrying its message, come before the empty DATA
-    /// frame that ends the stream. A server's response needs one, for its trailers.
-    fn max_deferrals(self) -> u8 {
-        match self {
-            Side::Server => 1,
-            Side::Client => 2,
-        }
-    }
 }
 
 impl FrameTracker {
