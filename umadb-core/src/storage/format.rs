@@ -1,7 +1,7 @@
 //! Byte layouts of everything stored. `umadb-core/DESIGN.md` describes the same layouts in prose.
 
 use crate::error::{Error, Result};
-use crate::types::{Event, Position, TrackingInfo};
+use crate::types::{AppendRequest, Event, Position, TrackingInfo};
 use uuid::Uuid;
 
 /// Version of the on-disk format, kept in the `meta` database under [`META_FORMAT`]. Version 2
@@ -291,6 +291,72 @@ pub fn decode_append_tracking(bytes: &[u8]) -> Result<(Position, TrackingInfo)> 
     Ok((first, TrackingInfo { source, position }))
 }
 
+/// The body of a journal record (`journal.rs`) is the group's written requests in order, each
+/// as: its event count (varint); each event's log record (as [`encode_event`] wrote it) with its
+/// length (varint) before it; a tracking flag byte (0 or 1), and with 1 the source (varint
+/// length, UTF-8) and the position (u64 LE). Conditions are left out: they held when the group
+/// was written, and the requests are applied again only onto the same head.
+pub fn put_journal_request_start(out: &mut Vec<u8>, events: usize) {
+    put_varint(out, events as u64);
+}
+
+/// An event's log record, into a journal record's body (see [`put_journal_request_start`]).
+pub fn put_journal_event(out: &mut Vec<u8>, record: &[u8]) {
+    put_bytes(out, record);
+}
+
+/// A request's tracking info, closing it in a journal record's body.
+pub fn put_journal_request_end(out: &mut Vec<u8>, tracking: Option<&TrackingInfo>) {
+    match tracking {
+        None => out.push(0),
+        Some(tracking) => {
+            out.push(1);
+            put_bytes(out, tracking.source.as_bytes());
+            out.extend_from_slice(&tracking.position.to_le_bytes());
+        }
+    }
+}
+
+/// The requests of a journal record's body, without conditions.
+pub fn decode_journal_body(body: &[u8]) -> Result<Vec<AppendRequest>> {
+    let mut r = Reader::new(body, "journal record");
+    let mut requests = Vec::new();
+    while !r.is_empty() {
+        let count = r.count()?;
+        let mut events = Vec::with_capacity(count.min(1024));
+        for _ in 0..count {
+            let len = r.count()?;
+            let record = r.bytes(len)?;
+            let decoded = decode_event(0, record)
+                .map_err(|e| corrupt(format!("journal record: {}", e.message())))?;
+            events.push(decoded.event);
+        }
+        let tracking_info = match r.u8()? {
+            0 => None,
+            1 => {
+                let source = r.string()?;
+                let position = u64::from_le_bytes(
+                    r.bytes(8)?
+                        .try_into()
+                        .map_err(|_| corrupt("journal record: bad tracking position".into()))?,
+                );
+                Some(TrackingInfo { source, position })
+            }
+            flag => {
+                return Err(corrupt(format!(
+                    "journal record has unknown tracking flag {flag}"
+                )))
+            }
+        };
+        requests.push(AppendRequest {
+            events,
+            condition: None,
+            tracking_info,
+        });
+    }
+    Ok(requests)
+}
+
 pub fn corrupt(message: String) -> Error {
     Error::Corruption(message)
 }
@@ -444,6 +510,59 @@ mod tests {
                 }
                 other => panic!("a cut body must be corruption, got {:?}", other.err()),
             }
+        }
+    }
+
+    fn journal_body(requests: &[AppendRequest]) -> Vec<u8> {
+        let (mut body, mut record) = (Vec::new(), Vec::new());
+        for request in requests {
+            put_journal_request_start(&mut body, request.events.len());
+            for event in &request.events {
+                encode_event(event, request.tracking_info.is_some(), &mut record);
+                put_journal_event(&mut body, &record);
+            }
+            put_journal_request_end(&mut body, request.tracking_info.as_ref());
+        }
+        body
+    }
+
+    #[test]
+    fn journal_body_round_trips_and_a_cut_body_is_corruption() {
+        let requests = vec![
+            AppendRequest {
+                events: vec![sample(), Event::new("Other", ["t"], Vec::new())],
+                condition: None,
+                tracking_info: Some(TrackingInfo {
+                    source: "projection".into(),
+                    position: 1 << 40,
+                }),
+            },
+            AppendRequest {
+                events: Vec::new(),
+                condition: None,
+                tracking_info: Some(TrackingInfo {
+                    source: "empty".into(),
+                    position: 3,
+                }),
+            },
+            AppendRequest {
+                events: vec![sample()],
+                condition: None,
+                tracking_info: None,
+            },
+        ];
+        let body = journal_body(&requests);
+        assert_eq!(decode_journal_body(&body).expect("decodes"), requests);
+        assert_eq!(decode_journal_body(&[]).expect("empty"), Vec::new());
+        // A cut between requests leaves a shorter valid body; anywhere else it is corruption.
+        let boundaries: Vec<usize> = (1..requests.len())
+            .map(|k| journal_body(&requests[..k]).len())
+            .collect();
+        for len in (1..body.len()).filter(|len| !boundaries.contains(len)) {
+            assert!(
+                matches!(decode_journal_body(&body[..len]), Err(Error::Corruption(_))),
+                "a body cut to {len} bytes must be corruption"
+            );
         }
     }
 

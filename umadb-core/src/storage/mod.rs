@@ -8,6 +8,7 @@ mod chunk;
 mod eval;
 mod format;
 mod intern;
+mod journal;
 mod pages;
 mod read;
 mod recent;
@@ -191,13 +192,35 @@ impl Store {
             .map_size(options.map_size)
             .max_dbs(8)
             .max_readers(options.max_readers);
-        // SAFETY: NO_READ_AHEAD only changes madvise; the directory is ours alone (LMDB's lock
-        // file guards against a second process opening it incompatibly).
-        unsafe { env_options.flags(EnvFlags::NO_READ_AHEAD) };
+        // SAFETY: NO_READ_AHEAD only changes madvise; NO_META_SYNC leaves the meta page of a
+        // commit to the next commit's flush, and the journal covers that commit until then
+        // (`journal.rs`). Every commit outside the writer's journaled groups is flushed in full
+        // with `force_sync`. The directory is ours alone (LMDB's lock file guards against a
+        // second process opening it incompatibly).
+        unsafe { env_options.flags(EnvFlags::NO_READ_AHEAD | EnvFlags::NO_META_SYNC) };
         // SAFETY: heed requires that the same path is not opened twice in one process with
         // different options; heed detects a second open and returns EnvAlreadyOpened.
         let env = unsafe { env_options.open(&path) }.map_err(|e| open_error(&path, e))?;
         let dbs = open_databases(&env, &path)?;
+        let records = journal::read_records(&path).map_err(|e| {
+            Error::Io(format!(
+                "cannot read the journal of {}: {e}",
+                path.display()
+            ))
+        })?;
+        if !records.is_empty() {
+            writer::replay(&env, &dbs, records).map_err(|e| {
+                Error::Corruption(format!(
+                    "{}: the journal record of the store's last commit cannot be applied ({}); \
+                     moving the files journal-0 and journal-1 out of the store opens it \
+                     without that commit",
+                    path.display(),
+                    e.message()
+                ))
+            })?;
+        }
+        // The opening transaction's meta page, and any earlier one a crash left unflushed.
+        env.force_sync().map_err(|e| open_error(&path, e))?;
         let head = {
             let txn = env.read_txn().map_err(|e| open_error(&path, e))?;
             let head = match dbs.events.last(&txn).map_err(|e| open_error(&path, e))? {
@@ -239,9 +262,13 @@ impl Store {
         let writer_shared = shared.clone();
         let max_group = options.max_group.max(1);
         let index_lag = options.index_lag;
+        let journal = journal::Journal::start(&shared.path)
+            .map_err(|e| Error::Io(format!("cannot start the journal's thread: {e}")))?;
         let writer = std::thread::Builder::new()
             .name("umadb-writer".into())
-            .spawn(move || writer::run(writer_shared, receiver, max_group, index_lag, tail))
+            .spawn(move || {
+                writer::run(writer_shared, receiver, max_group, index_lag, tail, journal)
+            })
             .map_err(|e| Error::Io(format!("cannot start the writer thread: {e}")))?;
         Ok(Store {
             shared,
@@ -398,6 +425,8 @@ impl Store {
         lock(&self.sender).take();
         if let Some(writer) = lock(&self.writer).take() {
             let _ = writer.join();
+            // The last commit's meta page (the journal holds that commit until then).
+            let _ = self.shared.env.force_sync();
         }
         self.shared.closed.store(true, Ordering::Release);
         self.shared.head_changed.notify_all();

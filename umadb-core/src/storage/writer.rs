@@ -5,12 +5,16 @@
 //! commits once — one fsync for the whole group — and only then answers every caller and
 //! publishes the new head.
 //!
+//! The group's requests also go into a journal record, written before LMDB commits and flushed
+//! while it does; LMDB itself flushes once per commit (see `journal.rs`).
+//!
 //! The indexes may trail the log by up to `index_lag` events (see `StoreOptions::index_lag`):
 //! the writer keeps the type and tag ids of the events past the indexed head in memory
 //! (`recent`, shared with readers) and indexes them all in the commit that would leave more
 //! behind. Until then, queries match those events on those ids (`eval::for_each_match`).
 
 use super::format::{self, Kind, INDEX_KEY_LEN, MAX_CHUNK_BYTES, MAX_POSITION};
+use super::journal::{self, Journal};
 use super::read::{matching_positions, stored_uuid};
 use super::recent::{EventKeys, Recent};
 use super::{
@@ -20,7 +24,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::types::{AppendCondition, AppendRequest, Event, Position};
 use heed::types::Bytes;
-use heed::{PutFlags, RoTxn, RwRevRange, RwTxn};
+use heed::{Env, PutFlags, RoTxn, RwRevRange, RwTxn, WithoutTls};
 use roaring::RoaringBitmap;
 use std::ops::Bound;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -79,6 +83,9 @@ struct Committed {
     indexed: bool,
     /// The keys of the group's events, in order.
     events: Vec<EventKeys>,
+    /// Whether the commit is known to be on disk; when not, it was still committed (and is
+    /// readable), so the head moves on, but its requests are answered with the error.
+    durable: Result<()>,
 }
 
 pub fn run(
@@ -87,7 +94,9 @@ pub fn run(
     max_group: usize,
     index_lag: u64,
     tail: Result<Tail>,
+    mut journal: Journal,
 ) {
+    let mut record = Vec::new();
     let mut indexed_head = match tail {
         Ok(tail) => {
             shared.recent.extend(tail.indexed_head + 1, tail.events);
@@ -116,7 +125,14 @@ pub fn run(
         }
         let before = shared.head.load(Ordering::Acquire);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            commit_group(&shared, &jobs, index_lag, indexed_head)
+            commit_group(
+                &shared,
+                &jobs,
+                index_lag,
+                indexed_head,
+                &mut journal,
+                &mut record,
+            )
         }))
         .unwrap_or_else(|_| {
             Err(Error::Internal(
@@ -126,6 +142,7 @@ pub fn run(
         match outcome {
             Ok((results, committed)) => {
                 let head = committed.head;
+                let durable = committed.durable;
                 shared.recent.extend(before + 1, committed.events);
                 if committed.indexed {
                     // Keep the keys readers on the snapshot before this commit still match on,
@@ -140,6 +157,13 @@ pub fn run(
                     shared.publish_head(head);
                 }
                 for (job, result) in jobs.into_iter().zip(results) {
+                    let result = match (&durable, result) {
+                        (Err(e), Ok(_)) => Err(Error::Io(format!(
+                            "the append was committed but could not be confirmed on disk: {}",
+                            e.message()
+                        ))),
+                        (_, result) => result,
+                    };
                     (job.reply)(result);
                 }
             }
@@ -159,19 +183,13 @@ fn commit_group(
     jobs: &[Job],
     index_lag: u64,
     indexed_head: Position,
+    journal: &mut Journal,
+    record: &mut Vec<u8>,
 ) -> Result<(Vec<Result<Position>>, Committed)> {
     let dbs = &shared.dbs;
     let mut txn = shared.env.write_txn().map_err(storage_error)?;
     let committed_head = shared.head.load(Ordering::Acquire);
-    let mut group = Group {
-        dbs,
-        recent: &shared.recent,
-        committed_head,
-        head: committed_head,
-        pending: Vec::new(),
-        keys: Vec::new(),
-        buf: Vec::new(),
-    };
+    let mut group = Group::new(dbs, &shared.recent, committed_head, std::mem::take(record));
     let mut results = Vec::with_capacity(jobs.len());
     for job in jobs {
         let result = match group.check(&txn, &job.request) {
@@ -206,13 +224,83 @@ fn commit_group(
             )
             .map_err(storage_error)?;
     }
-    txn.commit().map_err(storage_error)?;
+    let journaled = group.writes && !group.overflow;
+    let txn_id = txn.id() as u64;
+    if journaled {
+        journal
+            .write(&mut group.record, txn_id, committed_head)
+            .map_err(|e| Error::Io(format!("cannot write the journal: {e}")))?;
+    }
+    *record = std::mem::take(&mut group.record);
+    if let Err(e) = txn.commit() {
+        if journaled {
+            // The record must not be applied at the next opening: its group was not written.
+            let _ = journal.wait();
+            if let Err(withdraw) = journal.withdraw(txn_id) {
+                return Err(Error::Io(format!(
+                    "the commit failed ({e}) and its journal record could not be withdrawn \
+                     ({withdraw}); stop the server and move the store's journal files aside \
+                     before opening it again, or the failed group would be written then"
+                )));
+            }
+        }
+        return Err(storage_error(e));
+    }
+    let durable = if journaled {
+        journal.wait().or_else(|_| shared.env.force_sync())
+    } else if group.writes {
+        shared.env.force_sync()
+    } else {
+        Ok(())
+    }
+    .map_err(|e| Error::Io(e.to_string()));
     let committed = Committed {
         head: group.head,
         indexed,
         events,
+        durable,
     };
     Ok((results, committed))
+}
+
+/// Applies the journal record of the commit after the store's last one, if `records` hold it: a
+/// group that was answered, whose meta page a crash kept from the disk (see `journal.rs`).
+/// Returns the record's transaction id when it applied one.
+pub(crate) fn replay(
+    env: &Env<WithoutTls>,
+    dbs: &Dbs,
+    records: Vec<journal::Record>,
+) -> Result<Option<u64>> {
+    let mut txn = env.write_txn().map_err(storage_error)?;
+    let next = txn.id() as u64;
+    let head = match dbs.events.last(&txn).map_err(storage_error)? {
+        Some((key, _)) => format::decode_position_key(key)?,
+        None => 0,
+    };
+    let Some(record) = records
+        .into_iter()
+        .find(|record| record.txn_id == next && record.head_before == head)
+    else {
+        return Ok(None);
+    };
+    let requests = format::decode_journal_body(&record.body)?;
+    let recent = Recent::default();
+    let mut group = Group::new(dbs, &recent, head, Vec::new());
+    for request in &requests {
+        match group.check(&txn, request)? {
+            Decision::Write => {
+                group.write(&mut txn, request)?;
+            }
+            Decision::AlreadyRecorded(_) => {
+                return Err(Error::Internal(
+                    "a journaled request without a condition was found already recorded".into(),
+                ))
+            }
+        }
+    }
+    txn.commit().map_err(storage_error)?;
+    env.force_sync().map_err(storage_error)?;
+    Ok(Some(next))
 }
 
 enum Decision {
@@ -232,9 +320,32 @@ struct Group<'a> {
     /// Index entries of this group's events.
     keys: Vec<(Kind, u32, Position)>,
     buf: Vec<u8>,
+    /// The journal record of the requests written so far (`journal.rs`).
+    record: Vec<u8>,
+    /// Whether any request wrote something (events or tracking info).
+    writes: bool,
+    /// Whether the record outgrew `journal::MAX_RECORD`: it is dropped, and the group's commit
+    /// is flushed in full instead.
+    overflow: bool,
 }
 
 impl<'a> Group<'a> {
+    fn new(dbs: &'a Dbs, recent: &'a Recent, head: Position, mut record: Vec<u8>) -> Self {
+        Journal::new_record(&mut record);
+        Group {
+            dbs,
+            recent,
+            committed_head: head,
+            head,
+            pending: Vec::new(),
+            keys: Vec::new(),
+            buf: Vec::new(),
+            record,
+            writes: false,
+            overflow: false,
+        }
+    }
+
     /// Everything that can reject a request, decided before it writes anything.
     fn check(&self, txn: &RwTxn, request: &AppendRequest) -> Result<Decision> {
         request.validate()?;
@@ -336,9 +447,14 @@ impl<'a> Group<'a> {
         let first = self.head + 1;
         let tracked = request.tracking_info.is_some() && !request.events.is_empty();
         let mut keyed: Vec<(Kind, &'a str, Position)> = Vec::new();
+        format::put_journal_request_start(&mut self.record, request.events.len());
+        self.writes |= !request.events.is_empty() || request.tracking_info.is_some();
         for (i, event) in request.events.iter().enumerate() {
             let position = first + i as u64;
             format::encode_event(event, tracked, &mut self.buf);
+            if !self.overflow {
+                format::put_journal_event(&mut self.record, &self.buf);
+            }
             dbs.events
                 .put_with_flags(
                     txn,
@@ -374,6 +490,11 @@ impl<'a> Group<'a> {
             self.keys.push((kind, id, position));
         }
         self.head += request.events.len() as u64;
+        format::put_journal_request_end(&mut self.record, request.tracking_info.as_ref());
+        if self.record.len() - journal::HEADER_LEN > journal::MAX_RECORD {
+            self.overflow = true;
+            self.record.truncate(journal::HEADER_LEN);
+        }
         if let Some(tracking) = &request.tracking_info {
             let source_id = intern::get_or_create(txn, dbs, Kind::Source, &tracking.source)?;
             dbs.tracking
