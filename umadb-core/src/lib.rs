@@ -11,7 +11,9 @@ pub use error::{Error, Result};
 #[doc(hidden)]
 pub use storage::{debug_counters, debug_index_lookups, reset_debug_counters};
 #[cfg(feature = "storage")]
-pub use storage::{CheckReport, PageSummary, Reader, Store, StoreOptions, DEFAULT_INDEX_LAG};
+pub use storage::{
+    CheckReport, JournalReplay, PageSummary, Reader, Store, StoreOptions, DEFAULT_INDEX_LAG,
+};
 pub use types::{
     AppendCondition, AppendRequest, Event, Position, Query, QueryItem, ReadRequest, SequencedEvent,
     TrackingInfo, MAX_STRING_LEN,

@@ -121,6 +121,11 @@ fn an_answered_commit_whose_meta_page_was_lost_is_applied_again_at_open() {
 
     let store = Store::open(&lost).expect("open with the journal");
     assert_eq!(store.head(), Some(4));
+    let replay = store.journal_replay().expect("a replay");
+    assert_eq!(
+        (replay.requests, replay.events, replay.head_before),
+        (1, 2, 2)
+    );
     let got = all_events(&store);
     assert_eq!(got, expected);
     assert_eq!(got[2].event, events[0]);
@@ -160,6 +165,7 @@ fn an_answered_commit_whose_meta_page_was_lost_is_applied_again_at_open() {
     // Opening again applies nothing twice.
     let store = Store::open(&lost).expect("open again");
     assert_eq!(store.head(), Some(5));
+    assert_eq!(store.journal_replay(), None);
     assert_eq!(all_events(&store)[..4], expected[..]);
 }
 
@@ -171,6 +177,7 @@ fn a_torn_journal_record_is_not_applied() {
 
     let store = Store::open(&lost).expect("open");
     assert_eq!(store.head(), Some(2));
+    assert_eq!(store.journal_replay(), None);
     assert_eq!(store.tracking_position("teller").expect("tracking"), None);
 }
 

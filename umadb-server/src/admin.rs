@@ -101,6 +101,13 @@ fn check_here(db_path: &Path) -> ExitCode {
         Ok(store) => store,
         Err(e) => return damaged(db_path, &e),
     };
+    if let Some(replay) = store.journal_replay() {
+        eprintln!(
+            "  applied the journal record of the last commit before a crash (transaction {}, {} \
+             events after position {})",
+            replay.txn_id, replay.events, replay.head_before
+        );
+    }
     match store.page_summary() {
         Some(pages) if pages.conclusive => eprintln!(
             "  LMDB page structure sound: {} pages of {} bytes reached, no page twice",

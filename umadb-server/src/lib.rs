@@ -196,6 +196,18 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             store.head().unwrap_or(0)
         ),
     }
+    if let Some(replay) = store.journal_replay() {
+        tracing::warn!(
+            "{}: its last commit before the machine stopped (transaction {}, {} append \
+             requests, {} events after position {}) had not reached the data file; applied it \
+             again from the journal",
+            config.db_path.display(),
+            replay.txn_id,
+            replay.requests,
+            replay.events,
+            replay.head_before
+        );
+    }
     let store = Arc::new(store);
     let (head_tx, head_rx) = watch::channel(store.head().unwrap_or(0));
     store.on_commit(move |head| {

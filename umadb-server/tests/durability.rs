@@ -330,3 +330,79 @@ async fn backup_refuses_to_overwrite_an_existing_store() {
     assert!(String::from_utf8_lossy(&second.stderr).contains("already holds a store"));
     assert_check_clean(&to);
 }
+
+/// Copies the store files of `from` that exist (`data.mdb` only, or with the journal files).
+fn copy_store_files(from: &Path, to: &Path, names: &[&str]) {
+    std::fs::create_dir_all(to).expect("store dir");
+    for name in names {
+        if from.join(name).exists() {
+            std::fs::copy(from.join(name), to.join(name)).expect("copy store file");
+        }
+    }
+}
+
+/// A power cut right after an answered append, with that commit's meta page not yet on disk,
+/// staged on the files (as in `umadb-core/tests/journal.rs`): the data file as it was before the
+/// append, the journal files from after it. The server applies the commit again at start, says
+/// so in its log, and serves it; `umadb check` does the same and reports the store clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answered_append_whose_meta_page_was_lost_is_applied_again_from_the_journal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("db");
+    let staged = [dir.path().join("staged-1"), dir.path().join("staged-2")];
+    {
+        let server = Umadb::spawn(&db, &[]);
+        let mut client = server.client().await;
+        let request = common::append_request(vec![event("Before", &["t"], b"1")]);
+        assert_eq!(append(&mut client, request).await.expect("append"), 1);
+    }
+    for copy in &staged {
+        copy_store_files(&db, copy, &["data.mdb"]);
+    }
+    {
+        let server = Umadb::spawn(&db, &[]);
+        let mut client = server.client().await;
+        let request = common::append_request(vec![
+            event("Answered", &["t"], b"2"),
+            event("Answered", &["u"], b"3"),
+        ]);
+        assert_eq!(append(&mut client, request).await.expect("append"), 3);
+    }
+    for copy in &staged {
+        copy_store_files(&db, copy, &["journal-0", "journal-1"]);
+    }
+
+    let server = Umadb::spawn(&staged[0], &[]);
+    let mut client = server.client().await;
+    let (events, head) = read_all(&mut client, v1::ReadRequest::default())
+        .await
+        .expect("read");
+    assert_eq!(positions(&events), vec![1, 2, 3]);
+    assert_eq!(head, Some(3));
+    let tagged = read_all(
+        &mut client,
+        v1::ReadRequest {
+            query: query(vec![item(&[], &["u"])]),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("query")
+    .0;
+    assert_eq!(positions(&tagged), vec![3]);
+    let log = server.log();
+    assert!(
+        log.contains("applied it again from the journal")
+            && log.contains("2 events after position 1"),
+        "{log}"
+    );
+
+    let (code, report) = check(&staged[1]);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(
+        report.contains("applied the journal record")
+            && report.contains("2 events after position 1"),
+        "{report}"
+    );
+    assert!(report.contains("positions 1..=3"), "{report}");
+}

@@ -45,6 +45,19 @@ pub(crate) const MAX_RECORD: usize = 8 << 20;
 /// A journal file grows in steps of this size (rounded up to a power of two).
 const MIN_FILE_LEN: u64 = 64 << 10;
 
+/// What opening a store applied again from its journal: the last commit before a crash, whose
+/// meta page had not reached the disk (see `Store::journal_replay`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalReplay {
+    /// LMDB transaction id of the commit.
+    pub txn_id: u64,
+    /// Append requests it held.
+    pub requests: usize,
+    /// Events it wrote, at positions `head_before + 1 ..= head_before + events`.
+    pub events: u64,
+    pub head_before: u64,
+}
+
 /// A record found in a journal file whose checksum holds.
 #[derive(Debug)]
 pub(crate) struct Record {

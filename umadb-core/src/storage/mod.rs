@@ -15,6 +15,7 @@ mod recent;
 mod writer;
 
 pub use check::CheckReport;
+pub use journal::JournalReplay;
 pub use pages::PageSummary;
 pub use read::Reader;
 
@@ -156,6 +157,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Store {
     shared: Arc<Shared>,
     pages: Option<PageSummary>,
+    replayed: Option<JournalReplay>,
     index_lag: u64,
     sender: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -208,7 +210,9 @@ impl Store {
                 path.display()
             ))
         })?;
-        if !records.is_empty() {
+        let replayed = if records.is_empty() {
+            None
+        } else {
             writer::replay(&env, &dbs, records).map_err(|e| {
                 Error::Corruption(format!(
                     "{}: the journal record of the store's last commit cannot be applied ({}); \
@@ -217,8 +221,8 @@ impl Store {
                     path.display(),
                     e.message()
                 ))
-            })?;
-        }
+            })?
+        };
         // The opening transaction's meta page, and any earlier one a crash left unflushed.
         env.force_sync().map_err(|e| open_error(&path, e))?;
         let head = {
@@ -273,6 +277,7 @@ impl Store {
         Ok(Store {
             shared,
             pages,
+            replayed,
             index_lag,
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(writer)),
@@ -293,6 +298,12 @@ impl Store {
     /// What the page walk at open found, when the store existed and was walked.
     pub fn page_summary(&self) -> Option<PageSummary> {
         self.pages
+    }
+
+    /// The commit that opening applied again from the journal, if any: the store's last commit
+    /// before a crash of the machine, answered but with its meta page not on disk yet.
+    pub fn journal_replay(&self) -> Option<JournalReplay> {
+        self.replayed
     }
 
     /// Walks the page structure of the store in directory `path` without opening it, as

@@ -265,12 +265,12 @@ fn commit_group(
 
 /// Applies the journal record of the commit after the store's last one, if `records` hold it: a
 /// group that was answered, whose meta page a crash kept from the disk (see `journal.rs`).
-/// Returns the record's transaction id when it applied one.
+/// Says what it applied, if anything.
 pub(crate) fn replay(
     env: &Env<WithoutTls>,
     dbs: &Dbs,
     records: Vec<journal::Record>,
-) -> Result<Option<u64>> {
+) -> Result<Option<journal::JournalReplay>> {
     let mut txn = env.write_txn().map_err(storage_error)?;
     let next = txn.id() as u64;
     let head = match dbs.events.last(&txn).map_err(storage_error)? {
@@ -300,7 +300,12 @@ pub(crate) fn replay(
     }
     txn.commit().map_err(storage_error)?;
     env.force_sync().map_err(storage_error)?;
-    Ok(Some(next))
+    Ok(Some(journal::JournalReplay {
+        txn_id: next,
+        requests: requests.len(),
+        events: group.head - head,
+        head_before: head,
+    }))
 }
 
 enum Decision {
