@@ -118,12 +118,17 @@ The engine's in-process criterion benchmarks are separate:
 The disk and CPU rows come from a probe the suite runs in its working directory (see
 `scripts/bench`), so that figures taken on different machines can be compared. The targets were
 set on a machine whose disk completed an fdatasync in about 0.2 ms. One client's durable append
-waits for a commit that flushes the device twice (LMDB's data pages, then its meta page) and for
-a gRPC round trip. Traced at the block layer on 2026-12-02 (a machine whose probe gave 0.14 ms
-and 0.85 s), every one-event commit issued its data pages in one to three writes, then a flush,
-the meta page, and a second flush, each waiting for the one before. An append took 0.57 ms at
-the median, a `head` call's round trip 0.08 ms. That keeps one client near 1,700 appends/s
-there, whatever the rest of the server does.
+waits for a commit and a gRPC round trip. Until the journal (`umadb-core/DESIGN.md`, "The
+journal"), a commit was four device operations, each waiting for the one before: traced at the
+block layer on 2026-12-02 (a machine whose probe gave 0.14 ms and 0.85 s), every one-event
+commit issued its data pages in one to three writes, then a flush, the meta page, and a second
+flush. An append took 0.57 ms at the median there, a `head` call's round trip 0.08 ms. Now LMDB
+writes and flushes its data pages while a second thread writes and flushes the group's journal
+record, and the meta page goes to disk with the next commit's flush. Traced again on
+2026-12-02 (`append --clients 1 --seconds 3`, a machine whose probe gave 0.14 ms and 0.57 s), a
+commit still issued two flushes (14,660 for 7,330 commits) and about 6.6 writes, but the two
+flushes run side by side: an append took 0.39 ms at the median, against 0.46 ms for the build
+before the journal on the same machine (+14% appends/s, 4 alternating pairs).
 
 Many clients are bound by the CPU instead: the server and the load generator share its two
 cores. Profiled on that machine at 64 clients (2026-12-02), an append took about 70 µs of the
@@ -144,7 +149,9 @@ nothing, made {head['requests_per_sec']:,.0f} calls/s; 64 clients appending one 
 The store is prepopulated with 1,000,000 events (`umadb-bench prepopulate --events 1000000`):
 five event types, one tag per event out of 100,000 tags spread evenly over the log, ~100-byte
 payloads. Appends of the workloads below add to it, so later tag queries return a few more
-than 10 events each.
+than 10 events each. The store's size on disk is the whole directory: since the journal it
+includes the two journal files, 1 MiB each after prepopulating (a request of 5,000 events makes
+a record of about 0.9 MB), about 2 of the bytes per event.
 
 A conditional request asks the server to fail it if an event with a tag of the request's own
 exists after the client's previous append. It never fails, and the server evaluates it in full.
@@ -170,6 +177,16 @@ side's rate is taken over the time it ran, and a read still going at the deadlin
 its events counted. The writers alone and the readers alone are measured the same way. Runs
 before this accounting divided the writers' events by the time until the readers' last read
 ended, several seconds past the deadline, and counted reads made after the writers stopped.
+
+The journal (2026-12-02) made 8 writers alone faster, not the writers beside readers, so the
+writers' drop grew. Alternating runs of the builds before and with it on fresh copies of the
+1M store: `append --clients 8 --seconds 3`, 10,289 and 10,477 events/s before, 14,380 and 14,786
+with it; `mixed --writers 8 --readers 4 --seconds 3`, writers 6,971–8,058 before and
+7,459–7,734 with it, readers 1.98–2.04M and 1.73–1.90M events/s. Alone, a writer waits on the
+disk; beside readers, it waits for a core. Thread CPU time over 2 s of the mixed run (in 10 ms
+ticks, 400 on two cores): the server's read thread 96, its async threads 72, the writer 38 and
+the journal's thread 17; the load generator's readers 105 and its writers 37. The load
+generator's readers, at normal priority, are the largest single user of the CPU.
 
 | workload | command |
 |---|---|
