@@ -151,7 +151,7 @@ five event types, one tag per event out of 100,000 tags spread evenly over the l
 payloads. Appends of the workloads below add to it, so later tag queries return a few more
 than 10 events each. The store's size on disk is the whole directory: since the journal it
 includes the two journal files, 1 MiB each after prepopulating (a request of 5,000 events makes
-a record of about 0.9 MB), about 2 of the bytes per event.
+a record of about 0.67 MB), about 2 of the bytes per event.
 
 A conditional request asks the server to fail it if an event with a tag of the request's own
 exists after the client's previous append. It never fails, and the server evaluates it in full.

@@ -287,4 +287,10 @@ fn a_new_store_has_no_journal_files_until_its_first_append() {
         })
         .expect("append");
     assert_eq!(journal_files(&path).len(), 1);
+    // The journal holds events, so it is private like the data file.
+    use std::os::unix::fs::PermissionsExt;
+    for file in journal_files(&path) {
+        let mode = fs::metadata(&file).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} has mode {mode:o}", file.display());
+    }
 }

@@ -32,7 +32,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -215,11 +215,13 @@ impl Journal {
     fn slot(&mut self, slot: usize, needed: u64) -> io::Result<&Slot> {
         let entry = &mut self.slots[slot];
         if entry.is_none() {
+            // Readable by the owner only, as LMDB creates `data.mdb`: it holds events too.
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
+                .mode(0o600)
                 .open(file_path(&self.dir, slot))?;
             let len = file.metadata()?.len();
             *entry = Some(Slot {
