@@ -294,3 +294,21 @@ fn a_new_store_has_no_journal_files_until_its_first_append() {
         assert_eq!(mode & 0o077, 0, "{} has mode {mode:o}", file.display());
     }
 }
+
+#[test]
+fn a_record_is_applied_only_by_a_process_that_has_the_store_alone() {
+    let (_tmp, lost, _, _) = staged_copy();
+    // Another process with the store open holds a shared lock on its directory; to it, a record
+    // for the next transaction is a commit that failed there, not one lost with a crash.
+    let other = fs::File::open(&lost).expect("open directory");
+    other.lock_shared().expect("shared lock");
+    {
+        let store = Store::open(&lost).expect("open beside another");
+        assert_eq!(store.head(), Some(2));
+        assert_eq!(store.journal_replay(), None);
+    }
+    drop(other);
+    let store = Store::open(&lost).expect("open alone");
+    assert_eq!(store.head(), Some(4));
+    assert!(store.journal_replay().is_some());
+}

@@ -158,6 +158,8 @@ pub struct Store {
     shared: Arc<Shared>,
     pages: Option<PageSummary>,
     replayed: Option<JournalReplay>,
+    /// The directory, locked shared while the store is open (see `open_with`).
+    _dir_lock: std::fs::File,
     index_lag: u64,
     sender: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -204,12 +206,33 @@ impl Store {
         // different options; heed detects a second open and returns EnvAlreadyOpened.
         let env = unsafe { env_options.open(&path) }.map_err(|e| open_error(&path, e))?;
         let dbs = open_databases(&env, &path)?;
-        let records = journal::read_records(&path).map_err(|e| {
+        // Every process with the store open holds a shared lock on its directory. Only one that
+        // has it alone may apply a journal record: while another has it open, a record for the
+        // transaction after LMDB's last one is that process's commit that failed (and is being
+        // withdrawn), never a commit lost with the page cache.
+        let dir_lock = std::fs::File::open(&path).map_err(|e| {
             Error::Io(format!(
-                "cannot read the journal of {}: {e}",
+                "cannot open store directory {}: {e}",
                 path.display()
             ))
         })?;
+        let lock_error =
+            |e: std::io::Error| Error::Io(format!("cannot lock {}: {e}", path.display()));
+        let alone = match dir_lock.try_lock() {
+            Ok(()) => true,
+            Err(std::fs::TryLockError::WouldBlock) => false,
+            Err(std::fs::TryLockError::Error(e)) => return Err(lock_error(e)),
+        };
+        let records = if alone {
+            journal::read_records(&path).map_err(|e| {
+                Error::Io(format!(
+                    "cannot read the journal of {}: {e}",
+                    path.display()
+                ))
+            })?
+        } else {
+            Vec::new()
+        };
         let replayed = if records.is_empty() {
             None
         } else {
@@ -225,6 +248,8 @@ impl Store {
         };
         // The opening transaction's meta page, and any earlier one a crash left unflushed.
         env.force_sync().map_err(|e| open_error(&path, e))?;
+        // Shared from here on (waiting, if another process is applying a record, until it is done).
+        dir_lock.lock_shared().map_err(lock_error)?;
         let head = {
             let txn = env.read_txn().map_err(|e| open_error(&path, e))?;
             let head = match dbs.events.last(&txn).map_err(|e| open_error(&path, e))? {
@@ -278,6 +303,7 @@ impl Store {
             shared,
             pages,
             replayed,
+            _dir_lock: dir_lock,
             index_lag,
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(writer)),
