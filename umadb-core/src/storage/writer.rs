@@ -2,8 +2,8 @@
 //!
 //! The writer takes every queued append request, applies each in order inside one write
 //! transaction (a request that fails its checks is rejected alone, before it writes anything),
-//! commits once — one fsync for the whole group — and only then answers every caller and
-//! publishes the new head.
+//! commits once — one flush of LMDB's file for the whole group, with the journal's beside it —
+//! and only then answers every caller and publishes the new head.
 //!
 //! The group's requests also go into a journal record, written before LMDB commits and flushed
 //! while it does; LMDB itself flushes once per commit (see `journal.rs`).
@@ -248,7 +248,7 @@ fn commit_group(
     }
     let durable = if journaled {
         journal.wait().or_else(|_| shared.env.force_sync())
-    } else if group.writes {
+    } else if group.writes || indexed {
         shared.env.force_sync()
     } else {
         Ok(())
