@@ -236,14 +236,25 @@ impl Store {
         let replayed = if records.is_empty() {
             None
         } else {
-            writer::replay(&env, &dbs, records).map_err(|e| {
-                Error::Corruption(format!(
-                    "{}: the journal record of the store's last commit cannot be applied ({}); \
-                     moving the files journal-0 and journal-1 out of the store opens it \
-                     without that commit",
+            writer::replay(&env, &dbs, records).map_err(|e| match e {
+                // The record itself is at fault: it will never apply.
+                Error::Corruption(_) | Error::Integrity(_) | Error::InvalidArgument(_) => {
+                    Error::Corruption(format!(
+                        "{}: the journal record of the store's last commit cannot be applied \
+                         ({}); moving the files journal-0 and journal-1 out of the store opens \
+                         it without that commit",
+                        path.display(),
+                        e.message()
+                    ))
+                }
+                // The disk or the system (a full disk, say): the record is kept for next time.
+                _ => Error::Io(format!(
+                    "{}: the journal record of the store's last commit could not be applied \
+                     yet ({}); the store was not opened, and the record is kept: fix the cause \
+                     and open it again",
                     path.display(),
                     e.message()
-                ))
+                )),
             })?
         };
         // The opening transaction's meta page, and any earlier one a crash left unflushed.
