@@ -259,3 +259,62 @@ impl Drop for Journal {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(body: &[u8]) -> Vec<u8> {
+        let mut record = Vec::new();
+        Journal::new_record(&mut record);
+        record.extend_from_slice(body);
+        record
+    }
+
+    fn txn_ids(dir: &Path) -> Vec<u64> {
+        let mut ids: Vec<u64> = read_records(dir)
+            .expect("read")
+            .iter()
+            .map(|r| r.txn_id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[test]
+    fn records_alternate_between_two_files_and_a_withdrawn_one_is_gone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut journal = Journal::start(dir.path()).expect("start");
+        assert!(txn_ids(dir.path()).is_empty());
+        journal
+            .write(&mut record(b"seven"), 7, 70)
+            .expect("write 7");
+        journal.wait().expect("flush 7");
+        journal
+            .write(&mut record(b"eight"), 8, 80)
+            .expect("write 8");
+        journal.wait().expect("flush 8");
+        assert_eq!(txn_ids(dir.path()), vec![7, 8]);
+        // Transaction 9 replaces 7, two back, in the same file.
+        journal
+            .write(&mut record(&[9; 100_000]), 9, 90)
+            .expect("write 9");
+        journal.wait().expect("flush 9");
+        assert_eq!(txn_ids(dir.path()), vec![8, 9]);
+        let nine = read_records(dir.path())
+            .expect("read")
+            .into_iter()
+            .find(|r| r.txn_id == 9)
+            .expect("record 9");
+        assert_eq!((nine.head_before, nine.body.len()), (90, 100_000));
+        // A commit that failed after its record was written takes the record back.
+        journal.withdraw(9).expect("withdraw");
+        assert_eq!(txn_ids(dir.path()), vec![8]);
+        // A shorter record over a longer one: the old bytes past it do not matter.
+        journal
+            .write(&mut record(b"eleven"), 11, 110)
+            .expect("write 11");
+        journal.wait().expect("flush 11");
+        assert_eq!(txn_ids(dir.path()), vec![8, 11]);
+    }
+}
