@@ -452,7 +452,10 @@ impl<'a> Group<'a> {
         let first = self.head + 1;
         let tracked = request.tracking_info.is_some() && !request.events.is_empty();
         let mut keyed: Vec<(Kind, &'a str, Position)> = Vec::new();
-        format::put_journal_request_start(&mut self.record, request.events.len());
+        // Once the record has outgrown the journal it is dropped: nothing more goes into it.
+        if !self.overflow {
+            format::put_journal_request_start(&mut self.record, request.events.len());
+        }
         self.writes |= !request.events.is_empty() || request.tracking_info.is_some();
         for (i, event) in request.events.iter().enumerate() {
             let position = first + i as u64;
@@ -495,10 +498,12 @@ impl<'a> Group<'a> {
             self.keys.push((kind, id, position));
         }
         self.head += request.events.len() as u64;
-        format::put_journal_request_end(&mut self.record, request.tracking_info.as_ref());
-        if self.record.len() - journal::HEADER_LEN > journal::MAX_RECORD {
-            self.overflow = true;
-            self.record.truncate(journal::HEADER_LEN);
+        if !self.overflow {
+            format::put_journal_request_end(&mut self.record, request.tracking_info.as_ref());
+            if self.record.len() - journal::HEADER_LEN > journal::MAX_RECORD {
+                self.overflow = true;
+                self.record.truncate(journal::HEADER_LEN);
+            }
         }
         if let Some(tracking) = &request.tracking_info {
             let source_id = intern::get_or_create(txn, dbs, Kind::Source, &tracking.source)?;
