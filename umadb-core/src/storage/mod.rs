@@ -114,6 +114,9 @@ pub(crate) struct Shared {
     head_lock: Mutex<()>,
     head_changed: Condvar,
     listeners: Mutex<Vec<CommitListener>>,
+    /// Tests only: the writer's next commit fails, as LMDB's can after its pages were written.
+    #[cfg(test)]
+    pub fail_next_commit: AtomicBool,
 }
 
 impl Shared {
@@ -297,6 +300,8 @@ impl Store {
             head_lock: Mutex::new(()),
             head_changed: Condvar::new(),
             listeners: Mutex::new(Vec::new()),
+            #[cfg(test)]
+            fail_next_commit: AtomicBool::new(false),
         });
         let (sender, receiver) = mpsc::channel();
         let writer_shared = shared.clone();

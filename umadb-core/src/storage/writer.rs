@@ -232,7 +232,7 @@ fn commit_group(
             .map_err(|e| Error::Io(format!("cannot write the journal: {e}")))?;
     }
     *record = std::mem::take(&mut group.record);
-    if let Err(e) = txn.commit() {
+    if let Err(e) = commit(shared, txn) {
         if journaled {
             // The record must not be applied at the next opening: its group was not written.
             let _ = journal.wait();
@@ -261,6 +261,23 @@ fn commit_group(
         durable,
     };
     Ok((results, committed))
+}
+
+/// Commits the writer's transaction. Tests can make it fail instead (`Shared::fail_next_commit`),
+/// to see what the writer does when LMDB's commit fails after the group's journal record was
+/// written.
+fn commit(
+    #[cfg_attr(not(test), allow(unused_variables))] shared: &Shared,
+    txn: RwTxn,
+) -> heed::Result<()> {
+    #[cfg(test)]
+    if shared.fail_next_commit.swap(false, Ordering::AcqRel) {
+        drop(txn);
+        return Err(heed::Error::Io(std::io::Error::other(
+            "commit failure injected by a test",
+        )));
+    }
+    txn.commit()
 }
 
 /// Applies the journal record of the commit after the store's last one, if `records` hold it: a
@@ -732,5 +749,64 @@ impl DirtyChunk {
         }
         bitmap.optimize();
         bitmap.serialized_size() >= MAX_CHUNK_BYTES
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{journal, Store};
+    use crate::error::Error;
+    use crate::types::{AppendRequest, Event, ReadRequest};
+    use std::sync::atomic::Ordering;
+
+    fn append(store: &Store, name: &str) -> crate::error::Result<u64> {
+        store.append(AppendRequest {
+            events: vec![Event::new(name, ["t"], name.as_bytes().to_vec())],
+            ..Default::default()
+        })
+    }
+
+    fn types(store: &Store) -> Vec<String> {
+        store
+            .read_all(ReadRequest::default())
+            .expect("read")
+            .0
+            .into_iter()
+            .map(|e| e.event.event_type)
+            .collect()
+    }
+
+    /// A group whose commit fails after its journal record was flushed is answered with the
+    /// error, and its record is withdrawn: otherwise the next opening would find a record for
+    /// the transaction after the store's last one, onto the store's head, and write the group
+    /// that its caller was told failed.
+    #[test]
+    fn a_failed_commit_withdraws_its_journal_record() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("db");
+        let store = Store::open(&path).expect("open");
+        append(&store, "First").expect("first append");
+        store.shared.fail_next_commit.store(true, Ordering::Release);
+        match append(&store, "Failed") {
+            Err(Error::Io(message)) => assert!(message.contains("injected"), "{message}"),
+            other => panic!("the failed commit was answered {other:?}"),
+        }
+        assert_eq!(types(&store), ["First"]);
+        let next_txn = store.shared.env.read_txn().expect("read txn").id() as u64 + 1;
+        let records = journal::read_records(&path).expect("journal");
+        assert!(
+            records.iter().all(|r| r.txn_id != next_txn),
+            "the failed group's record is still in the journal"
+        );
+        drop(store);
+
+        let store = Store::open(&path).expect("reopen");
+        assert!(store.journal_replay().is_none());
+        assert_eq!(types(&store), ["First"]);
+        // The store goes on: the next group takes the failed one's transaction and position.
+        assert_eq!(append(&store, "Second").expect("append after"), 2);
+        drop(store);
+        let store = Store::open(&path).expect("reopen again");
+        assert_eq!(types(&store), ["First", "Second"]);
     }
 }
