@@ -191,6 +191,20 @@ writers took about 53% of the machine's CPU time (212 of the 400 ticks, server a
 generator together) and the 4 readers about 91% (363): for each side to keep three quarters of
 its rate beside the other, the two would need about 1.08 machines at these costs per event.
 
+The read threads' lower priority did not hold for wakeups until 2026-12-02. A scheduler trace
+of the mixed run (`perf sched` over 2 s) showed the writer thread, woken on the core where the
+server's read thread ran, waiting up to 4.3 ms, one scheduler tick, for the read thread's time
+slice to end: Linux's scheduler (EEVDF) lets a running thread keep its core for its slice
+whatever the niceness of the thread that wakes. The read threads now yield their core after
+each batch. Alternating runs on fresh copies of the 1M store, 7 of each build
+(`mixed --writers 8 --readers 4 --seconds 3`): writers 6,908 → 8,184 events/s at the median,
+their p99 6.1 → 4.0 ms; readers 1.63M → 1.35M events/s; readers alone unchanged (2.84–2.93M
+before, 2.76–2.88M after, 3 pairs). The two sides trade the two cores between them: with the
+readers of both the server and the load generator put below every other thread (`SCHED_IDLE`,
+an experiment, not a setting), the writers kept 11,827 and 13,324 events/s and the readers fell
+to 0.92M and 0.90M. In the trace with the yield, the writer's longest waits are behind the load
+generator's readers, which the server does not schedule.
+
 | workload | command |
 |---|---|
 | append, 1 client | `umadb-bench --repeat 3 append --clients 1 --seconds {secs}` |

@@ -52,11 +52,8 @@ fn work(receiver: &Mutex<Receiver<Job>>) {
             // A panicking read fails its own request (its answer channel drops), not the pool.
             Ok(job) => {
                 drop(catch_unwind(AssertUnwindSafe(job)));
-                // A lower priority alone does not let a woken writer in promptly: Linux's
-                // scheduler (EEVDF) lets the running thread finish its time slice, so an append
-                // thread woken on this core waited up to a scheduler tick (4 ms) behind a read.
-                // Between jobs (a batch each, about a quarter of a millisecond for 1,000 events)
-                // this thread steps aside for whatever waits on its core; alone, it goes on.
+                // Niceness does not let a woken append thread in before this thread's time slice
+                // ends (up to a 4 ms tick under EEVDF): step aside between batches instead.
                 std::thread::yield_now();
             }
             Err(_) => return,
