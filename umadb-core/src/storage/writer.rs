@@ -795,6 +795,10 @@ mod tests {
         let next_txn = store.shared.env.read_txn().expect("read txn").id() as u64 + 1;
         let records = journal::read_records(&path).expect("journal");
         assert!(
+            records.iter().any(|r| r.txn_id == next_txn - 1),
+            "the first group was not journaled: {records:?}"
+        );
+        assert!(
             records.iter().all(|r| r.txn_id != next_txn),
             "the failed group's record is still in the journal"
         );
