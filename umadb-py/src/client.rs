@@ -17,7 +17,7 @@ use crate::feed::Feed;
 use crate::types::{
     event_list, PyAppendCondition, PyEvent, PyQuery, PySequencedEvent, PyTrackingInfo,
 };
-use crate::wait::wait;
+use crate::wait::{receive, wait};
 
 /// The arguments of `append`, checked and converted.
 pub(crate) fn append_request(
@@ -106,7 +106,7 @@ impl PyClient {
         let kind = read_kind(backwards, subscribe)?;
         let (query, start, limit) = (self::query(query), start.map(|s| s.0), limit.map(|l| l.0));
         let connection = self.connection.clone();
-        let feed = wait(py, async move {
+        let feed = receive(py, async move {
             connection.read(query, start, kind, limit).await
         })?;
         Ok(PyReadResponse { feed })
@@ -121,7 +121,7 @@ impl PyClient {
     ) -> PyResult<PySubscription> {
         let (query, after) = (self::query(query), after.map(|a| a.0));
         let connection = self.connection.clone();
-        let feed = wait(py, async move { connection.subscribe(query, after).await })?;
+        let feed = receive(py, async move { connection.subscribe(query, after).await })?;
         Ok(PySubscription { feed })
     }
 
@@ -175,7 +175,7 @@ fn next_event(py: Python<'_>, feed: &Arc<Feed>) -> PyResult<Option<PySequencedEv
         Some(next) => next.map_err(to_py_err)?,
         None => {
             let feed = feed.clone();
-            wait(py, async move { feed.next_event().await })?
+            receive(py, async move { feed.next_event().await })?
         }
     };
     next.map(|event| PySequencedEvent::from_core(py, event))
@@ -184,7 +184,7 @@ fn next_event(py: Python<'_>, feed: &Arc<Feed>) -> PyResult<Option<PySequencedEv
 
 fn next_batch<'py>(py: Python<'py>, feed: &Arc<Feed>) -> PyResult<Bound<'py, PyList>> {
     let feed = feed.clone();
-    let batch = wait(py, async move { feed.next_batch().await })?;
+    let batch = receive(py, async move { feed.next_batch().await })?;
     event_list(py, batch)
 }
 
@@ -209,7 +209,7 @@ impl PyReadResponse {
             return head.map_err(to_py_err);
         }
         let feed = self.feed.clone();
-        wait(py, async move { feed.head().await })
+        receive(py, async move { feed.head().await })
     }
 
     fn collect_with_head<'py>(
@@ -217,7 +217,7 @@ impl PyReadResponse {
         py: Python<'py>,
     ) -> PyResult<(Bound<'py, PyList>, Option<u64>)> {
         let feed = self.feed.clone();
-        let (events, head) = wait(py, async move { feed.collect_with_head().await })?;
+        let (events, head) = receive(py, async move { feed.collect_with_head().await })?;
         Ok((event_list(py, events)?, head))
     }
 
