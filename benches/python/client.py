@@ -55,7 +55,9 @@ def timed(name: str, seconds: float, call: Callable[[], int]) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description="One Python thread against a running server through the umadb package."
+    )
     parser.add_argument("--url", default="http://127.0.0.1:50051")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--out", default="python-client.json")

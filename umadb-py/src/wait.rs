@@ -47,7 +47,7 @@ pub(crate) fn runtime() -> Result<&'static Runtime, Error> {
 
 /// Runs `future` to completion on this thread with the GIL released; a signal handler's
 /// exception cancels it.
-pub(crate) fn wait_here<T, F>(py: Python<'_>, future: F) -> PyResult<T>
+fn wait_here<T, F>(py: Python<'_>, future: F) -> PyResult<T>
 where
     T: Send + 'static,
     F: Future<Output = T> + Send + 'static,
