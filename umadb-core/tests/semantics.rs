@@ -1208,6 +1208,98 @@ fn make_like_version(path: &std::path::Path, version: u32) {
     });
 }
 
+/// Rewrites every index chunk of a closed store in the roaring form, the only form stores of
+/// format versions 1 and 2 hold. Returns how many chunks were in the gap form.
+fn write_index_as_roaring(path: &std::path::Path) -> usize {
+    // The gap form, read here on its own: the form byte 1, the last offset (u32 LE), then each
+    // offset after 0 as a LEB128 varint distance from the one before.
+    fn gaps(bytes: &[u8]) -> roaring::RoaringBitmap {
+        let mut set = roaring::RoaringBitmap::new();
+        set.insert(0);
+        let (mut offset, mut shift, mut gap) = (0u32, 0, 0u32);
+        for &b in &bytes[5..] {
+            gap |= u32::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                offset += gap;
+                set.insert(offset);
+                (shift, gap) = (0, 0);
+            }
+        }
+        assert_eq!(offset.to_le_bytes(), bytes[1..5], "the header's last offset");
+        set
+    }
+    let mut converted = 0;
+    raw_write(path, |opener, wtxn| {
+        let index = opener.create_database::<Raw, Raw>(wtxn, Some("index"))?;
+        let mut chunks = Vec::new();
+        for entry in index.iter(wtxn)? {
+            let (key, value) = entry?;
+            if value[0] == 1 {
+                let mut roaring = Vec::new();
+                gaps(value).serialize_into(&mut roaring).unwrap();
+                chunks.push((key.to_vec(), roaring));
+            }
+        }
+        converted = chunks.len();
+        for (key, roaring) in chunks {
+            index.put(wtxn, &key, &roaring)?;
+        }
+        Ok(())
+    });
+    converted
+}
+
+/// The first byte of each index chunk of a closed store, by key kind (1 type, 2 tag).
+fn chunk_forms(path: &std::path::Path) -> Vec<(u8, u8)> {
+    let mut forms = Vec::new();
+    raw_write(path, |opener, wtxn| {
+        let index = opener.create_database::<Raw, Raw>(wtxn, Some("index"))?;
+        for entry in index.iter(wtxn)? {
+            let (key, value) = entry?;
+            forms.push((key[0], value[0]));
+        }
+        Ok(())
+    });
+    forms
+}
+
+/// A type on every event is a run: its chunk leaves the gap form (a byte a position) for
+/// roaring's run form when the gap form fills, so one chunk holds it all. Tags on every other
+/// event stay in the gap form, a byte a position where roaring's array takes two.
+#[test]
+fn dense_keys_take_the_smaller_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let n = 6_000;
+    {
+        let indexed_at_once = StoreOptions {
+            index_lag: 0,
+            ..Default::default()
+        };
+        let store = Store::open_with(&path, indexed_at_once).unwrap();
+        let events = (0..n)
+            .map(|i| event("Every", &[if i % 2 == 0 { "even" } else { "odd" }]))
+            .collect();
+        append(&store, events);
+        let report = store.check(|_| {}).unwrap();
+        assert!(report.is_ok(), "{:?}", report.problems);
+        let (every, _) = store
+            .read_all(ReadRequest {
+                query: query(vec![item(&["Every"], &[])]),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(every.len(), n);
+    }
+    let forms = chunk_forms(&path);
+    let types: Vec<u8> = forms.iter().filter(|f| f.0 == 1).map(|f| f.1).collect();
+    assert_eq!(types, [0x3B], "one chunk in roaring's run form");
+    let tags: Vec<u8> = forms.iter().filter(|f| f.0 == 2).map(|f| f.1).collect();
+    // 3,000 positions each, at a byte a gap: two chunks per tag (roaring would need four).
+    assert_eq!(tags, [1, 1, 1, 1]);
+}
+
 fn stamp_of(path: &std::path::Path) -> Vec<u8> {
     let mut stamp = Vec::new();
     raw_write(path, |opener, wtxn| {
@@ -1236,6 +1328,7 @@ fn a_version_1_store_is_upgraded_on_open_and_answers_queries_as_before() {
             );
         }
     }
+    assert!(write_index_as_roaring(&path) > 0);
     make_like_version(&path, 1);
     let store = Store::open(&path).unwrap();
     let even = query(vec![item(&[], &["even"])]);
@@ -1254,8 +1347,67 @@ fn a_version_1_store_is_upgraded_on_open_and_answers_queries_as_before() {
     assert!(report.is_ok(), "{:?}", report.problems);
     drop(store);
     let mut want = b"umadb-v1".to_vec();
-    want.extend_from_slice(&2u32.to_be_bytes());
+    want.extend_from_slice(&3u32.to_be_bytes());
     assert_eq!(stamp_of(&path), want);
+}
+
+/// A version 2 store's index chunks are all in the roaring form: version 3 reads them, extends
+/// them, starts new chunks beside them in the gap form, and a full check agrees with the log.
+#[test]
+fn a_version_2_store_keeps_its_roaring_chunks_and_goes_on_in_the_gap_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let options = StoreOptions {
+        index_lag: 0,
+        ..Default::default()
+    };
+    let tag = |i: usize| format!("tag-{}", i % 7);
+    let append_range = |store: &Store, range: std::ops::Range<usize>| {
+        for i in range {
+            let t = tag(i);
+            let kind = if i % 3 == 0 { "Third" } else { "Other" };
+            append(store, vec![event(kind, &[t.as_str(), "all"])]);
+        }
+    };
+    {
+        let store = Store::open_with(&path, options.clone()).unwrap();
+        append_range(&store, 0..40);
+    }
+    assert!(write_index_as_roaring(&path) > 0);
+    let mut stamp = b"umadb-v1".to_vec();
+    stamp.extend_from_slice(&2u32.to_be_bytes());
+    rewrite_stamp(&path, &stamp);
+
+    let positions_of = |store: &Store, types: &[&str], tags: &[&str]| -> Vec<Position> {
+        let request = ReadRequest {
+            query: query(vec![item(types, tags)]),
+            ..Default::default()
+        };
+        let (events, _) = store.read_all(request).unwrap();
+        events.iter().map(|e| e.position).collect()
+    };
+    // Position p holds event i = p - 1.
+    let expected = |n: usize, keep: &dyn Fn(usize) -> bool| -> Vec<Position> {
+        (0..n).filter(|&i| keep(i)).map(|i| i as Position + 1).collect()
+    };
+    let store = Store::open_with(&path, options.clone()).unwrap();
+    assert_eq!(positions_of(&store, &[], &["tag-3"]), expected(40, &|i| i % 7 == 3));
+    append_range(&store, 40..100);
+    append(&store, vec![event("New", &["fresh"])]);
+    assert_eq!(positions_of(&store, &[], &["tag-3"]), expected(100, &|i| i % 7 == 3));
+    assert_eq!(positions_of(&store, &["Third"], &["all"]), expected(100, &|i| i % 3 == 0));
+    assert_eq!(positions_of(&store, &["New"], &[]), vec![101]);
+    let report = store.check(|_| {}).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    drop(store);
+    let mut want = b"umadb-v1".to_vec();
+    want.extend_from_slice(&3u32.to_be_bytes());
+    assert_eq!(stamp_of(&path), want);
+    let forms = chunk_forms(&path);
+    assert!(forms.iter().any(|f| f.1 == 1), "no chunk in the gap form: {forms:?}");
+    assert!(forms.iter().any(|f| f.1 == 0x3A), "no chunk in the roaring form: {forms:?}");
+    let store = Store::open_with(&path, options).unwrap();
+    assert_eq!(positions_of(&store, &["Other"], &["tag-5"]), expected(100, &|i| i % 3 != 0 && i % 7 == 5));
 }
 
 #[test]

@@ -11,6 +11,7 @@
 //! events after it are matched on their type and tag ids as the writer keeps them in memory
 //! (`recent`), or, when a snapshot is older than that window, by scanning their records.
 
+use super::chunk;
 use super::format::{self, Kind};
 use super::recent::Recent;
 use super::{indexed_head, intern, storage_error, Dbs};
@@ -492,7 +493,7 @@ impl Chunk {
 }
 
 pub fn decode_bitmap(kind: Kind, id: u32, base: Position, bytes: &[u8]) -> Result<RoaringBitmap> {
-    RoaringBitmap::deserialize_from(bytes).map_err(|e| {
+    chunk::decode(bytes).map_err(|e| {
         Error::Corruption(format!(
             "index chunk at {base} of {kind:?} #{id} cannot be decoded: {e}"
         ))

@@ -596,6 +596,12 @@ fn check_format(
                 )));
             }
             let version = format::decode_u32(&stamp[8..], "format version")?;
+            if version == 2 {
+                // Version 3 reads version 2's index chunks as they are (the roaring form) and
+                // writes new chunks in the gap form, which earlier builds cannot read: only the
+                // stamp changes, in the opening transaction.
+                return write_stamp(txn, meta);
+            }
             if version == 1 {
                 // Version 1 indexed every event: the upgrade records that the indexes cover the
                 // whole log. It commits with the rest of the opening transaction, or not at all.

@@ -683,8 +683,9 @@ struct DirtyChunk {
     form: Form,
 }
 
-/// A chunk as read from the store, extended in place while that works (`chunk::append`), or
-/// decoded.
+/// A chunk in its stored form (as read from the store, or new in the gap form), extended in
+/// place while that works (`chunk::append`), or decoded. A gap-form chunk that reaches
+/// `MAX_CHUNK_BYTES` is decoded and goes on in the roaring form when that is smaller (runs).
 enum Form {
     Stored(Vec<u8>),
     Decoded(RoaringBitmap),
@@ -698,8 +699,16 @@ impl DirtyKey {
                     if chunk::append(bytes, offset, MAX_CHUNK_BYTES) {
                         return Ok(());
                     }
-                    let bitmap = eval::decode_bitmap(kind, id, open.base, bytes)?;
-                    open.form = Form::Decoded(bitmap);
+                    let mut bitmap = eval::decode_bitmap(kind, id, open.base, bytes)?;
+                    // A gap-form chunk that filled up goes on in the roaring form only when that
+                    // leaves it room (runs); otherwise it stays as stored and is full.
+                    let goes_on = bytes.first() != Some(&chunk::GAP_FORM) || {
+                        bitmap.optimize();
+                        bitmap.serialized_size() < MAX_CHUNK_BYTES
+                    };
+                    if goes_on {
+                        open.form = Form::Decoded(bitmap);
+                    }
                 }
                 if !open.is_full() {
                     if let Form::Decoded(bitmap) = &mut open.form {
@@ -710,11 +719,9 @@ impl DirtyKey {
             }
         }
         // A new chunk starts at this position, so offset 0 is always its first position.
-        let mut bitmap = RoaringBitmap::new();
-        bitmap.insert(0);
         let fresh = DirtyChunk {
             base: position,
-            form: Form::Decoded(bitmap),
+            form: Form::Stored(chunk::first_offset_only()),
         };
         if let Some(full) = self.open.replace(fresh) {
             self.full.push(full);
@@ -739,10 +746,12 @@ impl DirtyChunk {
         }
     }
 
-    /// Full when its stored form would exceed MAX_CHUNK_BYTES even after compression.
+    /// Full when its stored form would exceed MAX_CHUNK_BYTES even after compression. A chunk
+    /// still in its stored form here is one that could not be extended in place and was kept
+    /// as it is.
     fn is_full(&mut self) -> bool {
         let Form::Decoded(bitmap) = &mut self.form else {
-            return false;
+            return true;
         };
         if bitmap.serialized_size() < MAX_CHUNK_BYTES {
             return false;
