@@ -234,6 +234,24 @@ fn read(c: &mut Criterion) {
     group.bench_function("tag_query_past_unindexed_tail", |b| {
         read_random_tags(b, store)
     });
+    // One type of five: about 200,000 events, found through the type's index chunks.
+    group.throughput(Throughput::Elements(LARGE / TYPES.len() as u64));
+    group.bench_function("type_query", |b| {
+        let query = Query::from_items([QueryItem::new([TYPES[1]], Vec::<String>::new())]);
+        b.iter(|| {
+            let mut reader = store
+                .read(ReadRequest {
+                    query: query.clone(),
+                    ..Default::default()
+                })
+                .expect("read");
+            let mut count = 0u64;
+            while let Some(batch) = reader.next_batch(1000).expect("batch") {
+                count += batch.len() as u64;
+            }
+            assert!(count >= LARGE / TYPES.len() as u64);
+        })
+    });
     group.throughput(Throughput::Elements(LARGE));
     group.bench_function("full_scan", |b| {
         b.iter(|| {

@@ -1226,7 +1226,11 @@ fn write_index_as_roaring(path: &std::path::Path) -> usize {
                 (shift, gap) = (0, 0);
             }
         }
-        assert_eq!(offset.to_le_bytes(), bytes[1..5], "the header's last offset");
+        assert_eq!(
+            offset.to_le_bytes(),
+            bytes[1..5],
+            "the header's last offset"
+        );
         set
     }
     let mut converted = 0;
@@ -1388,14 +1392,26 @@ fn a_version_2_store_keeps_its_roaring_chunks_and_goes_on_in_the_gap_form() {
     };
     // Position p holds event i = p - 1.
     let expected = |n: usize, keep: &dyn Fn(usize) -> bool| -> Vec<Position> {
-        (0..n).filter(|&i| keep(i)).map(|i| i as Position + 1).collect()
+        (0..n)
+            .filter(|&i| keep(i))
+            .map(|i| i as Position + 1)
+            .collect()
     };
     let store = Store::open_with(&path, options.clone()).unwrap();
-    assert_eq!(positions_of(&store, &[], &["tag-3"]), expected(40, &|i| i % 7 == 3));
+    assert_eq!(
+        positions_of(&store, &[], &["tag-3"]),
+        expected(40, &|i| i % 7 == 3)
+    );
     append_range(&store, 40..100);
     append(&store, vec![event("New", &["fresh"])]);
-    assert_eq!(positions_of(&store, &[], &["tag-3"]), expected(100, &|i| i % 7 == 3));
-    assert_eq!(positions_of(&store, &["Third"], &["all"]), expected(100, &|i| i % 3 == 0));
+    assert_eq!(
+        positions_of(&store, &[], &["tag-3"]),
+        expected(100, &|i| i % 7 == 3)
+    );
+    assert_eq!(
+        positions_of(&store, &["Third"], &["all"]),
+        expected(100, &|i| i % 3 == 0)
+    );
     assert_eq!(positions_of(&store, &["New"], &[]), vec![101]);
     let report = store.check(|_| {}).unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
@@ -1404,10 +1420,19 @@ fn a_version_2_store_keeps_its_roaring_chunks_and_goes_on_in_the_gap_form() {
     want.extend_from_slice(&3u32.to_be_bytes());
     assert_eq!(stamp_of(&path), want);
     let forms = chunk_forms(&path);
-    assert!(forms.iter().any(|f| f.1 == 1), "no chunk in the gap form: {forms:?}");
-    assert!(forms.iter().any(|f| f.1 == 0x3A), "no chunk in the roaring form: {forms:?}");
+    assert!(
+        forms.iter().any(|f| f.1 == 1),
+        "no chunk in the gap form: {forms:?}"
+    );
+    assert!(
+        forms.iter().any(|f| f.1 == 0x3A),
+        "no chunk in the roaring form: {forms:?}"
+    );
     let store = Store::open_with(&path, options).unwrap();
-    assert_eq!(positions_of(&store, &["Other"], &["tag-5"]), expected(100, &|i| i % 3 != 0 && i % 7 == 5));
+    assert_eq!(
+        positions_of(&store, &["Other"], &["tag-5"]),
+        expected(100, &|i| i % 3 != 0 && i % 7 == 5)
+    );
 }
 
 #[test]

@@ -326,9 +326,15 @@ mod tests {
         assert!(!append(&mut bytes, 2, usize::MAX), "the last offset again");
         assert!(!append(&mut bytes, 1, usize::MAX), "an earlier offset");
         let len = bytes.len();
-        assert!(!append(&mut bytes, 200, len + 1), "a two-byte gap past the limit");
+        assert!(
+            !append(&mut bytes, 200, len + 1),
+            "a two-byte gap past the limit"
+        );
         assert_eq!(bytes, before);
-        assert!(append(&mut bytes, 200, len + 2), "a two-byte gap at the limit");
+        assert!(
+            append(&mut bytes, 200, len + 2),
+            "a two-byte gap at the limit"
+        );
         assert_eq!(bytes.len(), len + 2);
     }
 
