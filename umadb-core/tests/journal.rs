@@ -8,7 +8,9 @@
 
 mod common;
 
-use common::{conditional, event, item, query, read, tracking};
+use common::{
+    conditional, event, item, query, read, rewrite_stamp, tracking, write_index_as_version_2,
+};
 use std::fs;
 use std::path::{Path, PathBuf};
 use umadb_core::{AppendRequest, Error, Event, ReadRequest, SequencedEvent, Store};
@@ -167,6 +169,48 @@ fn an_answered_commit_whose_meta_page_was_lost_is_applied_again_at_open() {
     assert_eq!(store.head(), Some(5));
     assert_eq!(store.journal_replay(), None);
     assert_eq!(all_events(&store)[..4], expected[..]);
+}
+
+/// A store of format version 2 whose last commit's meta page a crash kept from the disk:
+/// opening upgrades it in a transaction of its own, and still applies that commit's record.
+#[test]
+fn a_version_2_store_is_upgraded_and_its_lost_commit_applied_again() {
+    let (_tmp, lost, file, mut bytes) = staged_copy();
+    // Made like version 2 by direct writes, transactions of their own: the record is renumbered
+    // to follow them, as a version 2 build would have numbered it.
+    write_index_as_version_2(&lost);
+    let mut stamp = b"umadb-v1".to_vec();
+    stamp.extend_from_slice(&2u32.to_be_bytes());
+    rewrite_stamp(&lost, &stamp);
+    let last_txn = {
+        let env = unsafe { heed::EnvOpenOptions::new().max_dbs(8).open(&lost) }.expect("env");
+        let id = env.read_txn().expect("read txn").id() as u64;
+        env.prepare_for_closing().wait();
+        id
+    };
+    bytes[8..16].copy_from_slice(&(last_txn + 1).to_le_bytes());
+    let body_len = u32::from_le_bytes(bytes[24..28].try_into().expect("4 bytes")) as usize;
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&bytes[8..28]);
+    hasher.update(&bytes[HEADER_LEN..HEADER_LEN + body_len]);
+    let crc = hasher.finalize();
+    bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+    fs::write(&file, bytes).expect("write");
+
+    let store = Store::open(&lost).expect("open");
+    assert_eq!(store.head(), Some(4));
+    let replay = store.journal_replay().expect("a replay");
+    assert_eq!((replay.requests, replay.events), (1, 2));
+    let (atm, _) = read(
+        &store,
+        query(vec![item(&[], &["atm:9"])]),
+        None,
+        false,
+        None,
+    );
+    assert_eq!(atm, vec![3]);
+    let report = store.check(|_| {}).expect("check");
+    assert!(report.is_ok(), "{:?}", report.problems);
 }
 
 #[test]

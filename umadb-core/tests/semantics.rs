@@ -1149,34 +1149,6 @@ fn opening_a_truncated_data_file_fails_with_a_clear_error() {
     assert!(matches!(e, Error::Corruption(_)), "{e}");
 }
 
-type Raw = heed::types::Bytes;
-
-/// Writes into the LMDB environment at `path` directly, bypassing the engine.
-fn raw_write(
-    path: &std::path::Path,
-    f: impl for<'e> FnOnce(
-        &heed::DatabaseOpener<'e, heed::WithTls>,
-        &mut heed::RwTxn<'e>,
-    ) -> heed::Result<()>,
-) {
-    let env = unsafe { heed::EnvOpenOptions::new().max_dbs(8).open(path) }.unwrap();
-    let wtxn = env.write_txn().unwrap();
-    env.create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
-        f(opener, wtxn)?;
-        Ok(heed::CommitOrAbort::<_, ()>::Commit(()))
-    })
-    .unwrap();
-    env.prepare_for_closing().wait();
-}
-
-/// Rewrites the format stamp of a closed store.
-fn rewrite_stamp(path: &std::path::Path, stamp: &[u8]) {
-    raw_write(path, |opener, wtxn| {
-        let meta = opener.create_database::<Raw, Raw>(wtxn, Some("meta"))?;
-        meta.put(wtxn, b"format", stamp)
-    });
-}
-
 #[test]
 fn opening_a_store_with_an_unknown_format_version_fails() {
     let dir = tempfile::tempdir().unwrap();
@@ -1208,50 +1180,63 @@ fn make_like_version(path: &std::path::Path, version: u32) {
     });
 }
 
-/// Rewrites every index chunk of a closed store in the roaring form, the only form stores of
-/// format versions 1 and 2 hold. Returns how many chunks were in the gap form.
-fn write_index_as_roaring(path: &std::path::Path) -> usize {
-    // The gap form, read here on its own: the form byte 1, the last offset (u32 LE), then each
-    // offset after 0 as a LEB128 varint distance from the one before.
-    fn gaps(bytes: &[u8]) -> roaring::RoaringBitmap {
-        let mut set = roaring::RoaringBitmap::new();
-        set.insert(0);
-        let (mut offset, mut shift, mut gap) = (0u32, 0, 0u32);
-        for &b in &bytes[5..] {
-            gap |= u32::from(b & 0x7f) << shift;
-            shift += 7;
-            if b & 0x80 == 0 {
-                offset += gap;
-                set.insert(offset);
-                (shift, gap) = (0, 0);
-            }
+/// A larger version 2 store, with keys of one chunk and keys of several, answers as before
+/// after the upgrade and passes the check.
+#[test]
+fn a_version_2_store_with_many_keys_answers_as_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let options = StoreOptions {
+        index_lag: 0,
+        ..Default::default()
+    };
+    let n = 24_000u64;
+    {
+        let store = Store::open_with(&path, options.clone()).unwrap();
+        for first in (0..n).step_by(4_000) {
+            let events = (first..first + 4_000)
+                .map(|i| {
+                    let own = format!("own-{i}");
+                    let shared = format!("shared-{}", i % 3);
+                    event(&format!("Type{}", i % 2), &[own.as_str(), shared.as_str()])
+                })
+                .collect();
+            append(&store, events);
         }
-        assert_eq!(
-            offset.to_le_bytes(),
-            bytes[1..5],
-            "the header's last offset"
-        );
-        set
     }
-    let mut converted = 0;
-    raw_write(path, |opener, wtxn| {
-        let index = opener.create_database::<Raw, Raw>(wtxn, Some("index"))?;
-        let mut chunks = Vec::new();
-        for entry in index.iter(wtxn)? {
-            let (key, value) = entry?;
-            if value[0] == 1 {
-                let mut roaring = Vec::new();
-                gaps(value).serialize_into(&mut roaring).unwrap();
-                chunks.push((key.to_vec(), roaring));
-            }
-        }
-        converted = chunks.len();
-        for (key, roaring) in chunks {
-            index.put(wtxn, &key, &roaring)?;
-        }
-        Ok(())
-    });
-    converted
+    let chunks = chunk_forms(&path).len();
+    assert!(chunks > 24_000, "{chunks} chunks");
+    write_index_as_version_2(&path);
+    let mut stamp = b"umadb-v1".to_vec();
+    stamp.extend_from_slice(&2u32.to_be_bytes());
+    rewrite_stamp(&path, &stamp);
+
+    let store = Store::open_with(&path, options).unwrap();
+    let report = store.check(|_| {}).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    let positions_of = |tags: &[&str], types: &[&str]| -> Vec<Position> {
+        let request = ReadRequest {
+            query: query(vec![item(types, tags)]),
+            ..Default::default()
+        };
+        store
+            .read_all(request)
+            .unwrap()
+            .0
+            .iter()
+            .map(|e| e.position)
+            .collect()
+    };
+    for i in [0u64, 9_999, 10_000, 23_999] {
+        let own = format!("own-{i}");
+        assert_eq!(positions_of(&[own.as_str()], &[]), vec![i + 1]);
+    }
+    let shared: Vec<Position> = (0..n).filter(|i| i % 3 == 1).map(|i| i + 1).collect();
+    assert_eq!(positions_of(&["shared-1"], &[]), shared);
+    let both: Vec<Position> = (0..n).filter(|i| i % 6 == 1).map(|i| i + 1).collect();
+    assert_eq!(positions_of(&["shared-1"], &["Type1"]), both);
+    drop(store);
+    assert_eq!(chunk_forms(&path).len(), chunks);
 }
 
 /// The first byte of each index chunk of a closed store, by key kind (1 type, 2 tag).
@@ -1332,7 +1317,7 @@ fn a_version_1_store_is_upgraded_on_open_and_answers_queries_as_before() {
             );
         }
     }
-    assert!(write_index_as_roaring(&path) > 0);
+    assert!(write_index_as_version_2(&path) > 0);
     make_like_version(&path, 1);
     let store = Store::open(&path).unwrap();
     let even = query(vec![item(&[], &["even"])]);
@@ -1377,7 +1362,7 @@ fn a_version_2_store_keeps_its_roaring_chunks_and_goes_on_in_the_gap_form() {
         let store = Store::open_with(&path, options.clone()).unwrap();
         append_range(&store, 0..40);
     }
-    assert!(write_index_as_roaring(&path) > 0);
+    assert!(write_index_as_version_2(&path) > 0);
     let mut stamp = b"umadb-v1".to_vec();
     stamp.extend_from_slice(&2u32.to_be_bytes());
     rewrite_stamp(&path, &stamp);

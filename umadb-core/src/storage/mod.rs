@@ -208,7 +208,7 @@ impl Store {
         // SAFETY: heed requires that the same path is not opened twice in one process with
         // different options; heed detects a second open and returns EnvAlreadyOpened.
         let env = unsafe { env_options.open(&path) }.map_err(|e| open_error(&path, e))?;
-        let dbs = open_databases(&env, &path)?;
+        let (dbs, upgraded) = open_databases(&env, &path)?;
         // Every process with the store open holds a shared lock on its directory. Only one that
         // has it alone may apply a journal record: while another has it open, a record for the
         // transaction after LMDB's last one is that process's commit that failed (and is being
@@ -239,7 +239,7 @@ impl Store {
         let replayed = if records.is_empty() {
             None
         } else {
-            writer::replay(&env, &dbs, records).map_err(|e| match e {
+            writer::replay(&env, &dbs, records, upgraded).map_err(|e| match e {
                 // The record itself is at fault: it will never apply.
                 Error::Corruption(_) | Error::Integrity(_) | Error::InvalidArgument(_) => {
                     Error::Corruption(format!(
@@ -532,8 +532,11 @@ const DB_NAMES: [&str; 6] = [
 
 /// Opens the databases and checks the format stamp, creating both in a new store, in one write
 /// transaction: an environment that is not an UmaDB store is refused before anything is written.
-fn open_databases(env: &Env<WithoutTls>, path: &Path) -> Result<Dbs> {
+/// Also true when a store of an earlier format version was upgraded (that transaction then
+/// committed, and was flushed in full).
+fn open_databases(env: &Env<WithoutTls>, path: &Path) -> Result<(Dbs, bool)> {
     let txn = env.write_txn().map_err(|e| open_error(path, e))?;
+    let mut upgraded = false;
     let opened = env
         .create_databases_and_commit(txn, |opener, txn| -> heed::Result<_> {
             // The unnamed database lists every named one; anything else there is foreign data.
@@ -552,8 +555,9 @@ fn open_databases(env: &Env<WithoutTls>, path: &Path) -> Result<Dbs> {
                 DB_NAMES.map(|name| opener.create_database::<Bytes, Bytes>(txn, Some(name)));
             let (meta, events, intern, index, tracking, append_tracking) =
                 (meta?, events?, intern?, index?, tracking?, append_tracking?);
-            if let Err(e) = check_format(txn, meta, events, path) {
-                return Ok(CommitOrAbort::Abort(e));
+            match check_format(txn, meta, events, path) {
+                Ok(done) => upgraded = done,
+                Err(e) => return Ok(CommitOrAbort::Abort(e)),
             }
             Ok(CommitOrAbort::Commit([
                 meta,
@@ -567,26 +571,32 @@ fn open_databases(env: &Env<WithoutTls>, path: &Path) -> Result<Dbs> {
         .map_err(|e| open_error(path, e))?;
     match opened {
         CommitOrAbort::Commit([meta, events, intern, index, tracking, append_tracking]) => {
-            Ok(Dbs {
+            if upgraded {
+                // The store opens with NO_META_SYNC; the upgrade is made durable at once.
+                env.force_sync().map_err(|e| open_error(path, e))?;
+            }
+            let dbs = Dbs {
                 meta,
                 events,
                 intern,
                 index,
                 tracking,
                 append_tracking,
-            })
+            };
+            Ok((dbs, upgraded))
         }
         CommitOrAbort::Abort(e) => Err(e),
     }
 }
 
-/// Checks the format stamp, writing it into a new store.
+/// Checks the format stamp, writing it into a new store, and upgrades a store of an earlier
+/// version (returning true).
 fn check_format(
     txn: &mut RwTxn,
     meta: Database<'_, Bytes, Bytes>,
     events: Database<'_, Bytes, Bytes>,
     path: &Path,
-) -> Result<()> {
+) -> Result<bool> {
     match meta.get(txn, META_FORMAT).map_err(storage_error)? {
         Some(stamp) => {
             if stamp.len() != 12 || &stamp[..8] != FORMAT_MAGIC {
@@ -596,12 +606,6 @@ fn check_format(
                 )));
             }
             let version = format::decode_u32(&stamp[8..], "format version")?;
-            if version == 2 {
-                // Version 3 reads version 2's index chunks as they are (the roaring form) and
-                // writes new chunks in the gap form, which earlier builds cannot read: only the
-                // stamp changes, in the opening transaction.
-                return write_stamp(txn, meta);
-            }
             if version == 1 {
                 // Version 1 indexed every event: the upgrade records that the indexes cover the
                 // whole log. It commits with the rest of the opening transaction, or not at all.
@@ -611,15 +615,20 @@ fn check_format(
                 };
                 meta.put(txn, META_INDEXED_HEAD, &head.to_be_bytes())
                     .map_err(storage_error)?;
-                return write_stamp(txn, meta);
-            }
-            if version != FORMAT_VERSION {
+            } else if version != 2 && version != FORMAT_VERSION {
                 return Err(Error::Corruption(format!(
                     "{} has on-disk format version {version}; this build reads version {FORMAT_VERSION}",
                     path.display()
                 )));
             }
-            Ok(())
+            if version == FORMAT_VERSION {
+                return Ok(false);
+            }
+            // Versions 1 and 2 keep every index chunk in the roaring form, which version 3
+            // reads and extends as it is; new chunks start in the gap form, which earlier
+            // builds cannot read: the stamp says so.
+            write_stamp(txn, meta)?;
+            Ok(true)
         }
         None => {
             if !events.is_empty(txn).map_err(storage_error)? {
@@ -630,7 +639,8 @@ fn check_format(
             }
             meta.put(txn, META_INDEXED_HEAD, &0u64.to_be_bytes())
                 .map_err(storage_error)?;
-            write_stamp(txn, meta)
+            write_stamp(txn, meta)?;
+            Ok(false)
         }
     }
 }

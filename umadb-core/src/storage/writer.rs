@@ -283,13 +283,17 @@ fn commit(
 /// Applies the journal record of the commit after the store's last one, if `records` hold it: a
 /// group that was answered, whose meta page a crash kept from the disk (see `journal.rs`).
 /// Says what it applied, if anything.
+///
+/// `upgraded`: opening committed a transaction of its own first (a format upgrade), after the
+/// one the record would follow.
 pub(crate) fn replay(
     env: &Env<WithoutTls>,
     dbs: &Dbs,
     records: Vec<journal::Record>,
+    upgraded: bool,
 ) -> Result<Option<journal::JournalReplay>> {
     let mut txn = env.write_txn().map_err(storage_error)?;
-    let next = txn.id() as u64;
+    let next = txn.id() as u64 - u64::from(upgraded);
     let head = match dbs.events.last(&txn).map_err(storage_error)? {
         Some((key, _)) => format::decode_position_key(key)?,
         None => 0,

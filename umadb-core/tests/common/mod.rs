@@ -226,3 +226,80 @@ impl Model {
         )
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Writing a closed store's databases directly
+
+pub type Raw = heed::types::Bytes;
+
+/// Writes into the LMDB environment at `path` directly, bypassing the engine.
+pub fn raw_write(
+    path: &std::path::Path,
+    f: impl for<'e> FnOnce(
+        &heed::DatabaseOpener<'e, heed::WithTls>,
+        &mut heed::RwTxn<'e>,
+    ) -> heed::Result<()>,
+) {
+    let env = unsafe { heed::EnvOpenOptions::new().max_dbs(8).open(path) }.unwrap();
+    let wtxn = env.write_txn().unwrap();
+    env.create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
+        f(opener, wtxn)?;
+        Ok(heed::CommitOrAbort::<_, ()>::Commit(()))
+    })
+    .unwrap();
+    env.prepare_for_closing().wait();
+}
+
+/// Rewrites the format stamp of a closed store.
+pub fn rewrite_stamp(path: &std::path::Path, stamp: &[u8]) {
+    raw_write(path, |opener, wtxn| {
+        let meta = opener.create_database::<Raw, Raw>(wtxn, Some("meta"))?;
+        meta.put(wtxn, b"format", stamp)
+    });
+}
+
+/// Rewrites the index of a closed store as format versions 1 and 2 kept it: every chunk in the
+/// roaring form. Returns how many chunks were in the gap form.
+pub fn write_index_as_version_2(path: &std::path::Path) -> usize {
+    // The gap form, read here on its own: the form byte 1, the last offset (u32 LE), then each
+    // offset after 0 as a LEB128 varint distance from the one before.
+    fn gaps(bytes: &[u8]) -> roaring::RoaringBitmap {
+        let mut set = roaring::RoaringBitmap::new();
+        set.insert(0);
+        let (mut offset, mut shift, mut gap) = (0u32, 0, 0u32);
+        for &b in &bytes[5..] {
+            gap |= u32::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                offset += gap;
+                set.insert(offset);
+                (shift, gap) = (0, 0);
+            }
+        }
+        assert_eq!(
+            offset.to_le_bytes(),
+            bytes[1..5],
+            "the header's last offset"
+        );
+        set
+    }
+    let mut converted = 0;
+    raw_write(path, |opener, wtxn| {
+        let index = opener.create_database::<Raw, Raw>(wtxn, Some("index"))?;
+        let mut entries = Vec::new();
+        for entry in index.iter(wtxn)? {
+            let (key, value) = entry?;
+            entries.push((key.to_vec(), value.to_vec()));
+        }
+        for (key, chunk) in entries {
+            if chunk[0] == 1 {
+                converted += 1;
+                let mut roaring = Vec::new();
+                gaps(&chunk).serialize_into(&mut roaring).unwrap();
+                index.put(wtxn, &key, &roaring)?;
+            }
+        }
+        Ok(())
+    });
+    converted
+}
