@@ -9,7 +9,7 @@
 //! the events after it (at most `StoreOptions::index_lag`) must not be in the indexes yet.
 
 use super::eval::{decode_bitmap, load_chunk_holding};
-use super::format::{self, Kind};
+use super::format::{self, Kind, INDEX_KEY_LEN};
 use super::{append_tracking, indexed_head, intern, storage_error, Dbs};
 use crate::error::Result;
 use crate::types::Position;
@@ -151,17 +151,53 @@ pub(crate) fn check(txn: &RoTxn, dbs: &Dbs, mut progress: impl FnMut(u64)) -> Re
         }
     }
     let mut indexed_positions: u64 = 0;
+    let mut previous_full: Option<(u8, u32)> = None;
     for entry in dbs.index.iter(txn).map_err(storage_error)? {
         let (key, value) = entry.map_err(storage_error)?;
-        if key.len() != 13 {
-            report.problem(format!("index key of {} bytes, expected 13", key.len()));
+        if key.len() != INDEX_KEY_LEN {
+            report.problem(format!(
+                "index key of {} bytes, expected {INDEX_KEY_LEN}",
+                key.len()
+            ));
             continue;
         }
-        let mut base = [0u8; 8];
-        base.copy_from_slice(&key[5..13]);
-        let base = Position::from_be_bytes(base);
         let id = u32::from_be_bytes([key[1], key[2], key[3], key[4]]);
-        match decode_bitmap(Kind::Tag, id, base, value) {
+        let (base, bytes) = if let Some((kind_byte, id)) = format::open_chunk_key_parts(key) {
+            let Some(kind) = Kind::from_byte(kind_byte) else {
+                report.problem(format!("an open index chunk of unknown kind {kind_byte}"));
+                continue;
+            };
+            match format::decode_open_chunk(kind, id, value) {
+                Ok(open) => {
+                    check_full_chunks_before(txn, dbs, kind, id, &open, &mut report)?;
+                    (open.base, open.bytes)
+                }
+                Err(e) => {
+                    report.problem(e.message().to_string());
+                    continue;
+                }
+            }
+        } else {
+            let key_of = (key[0], id);
+            if previous_full != Some(key_of) {
+                previous_full = Some(key_of);
+                let open = Kind::from_byte(key[0]).map(|kind| format::open_chunk_key(kind, id));
+                let has_open = match open {
+                    Some(open) => dbs.index.get(txn, &open).map_err(storage_error)?.is_some(),
+                    None => false,
+                };
+                if !has_open {
+                    report.problem(format!(
+                        "the index key {}/#{id} has full chunks but no open chunk",
+                        key[0]
+                    ));
+                }
+            }
+            let mut base = [0u8; 8];
+            base.copy_from_slice(&key[5..13]);
+            (Position::from_be_bytes(base), value)
+        };
+        match decode_bitmap(Kind::Tag, id, base, bytes) {
             Ok(bitmap) => {
                 indexed_positions += bitmap.len();
                 if !bitmap.contains(0) {
@@ -195,6 +231,38 @@ pub(crate) fn check(txn: &RoTxn, dbs: &Dbs, mut progress: impl FnMut(u64)) -> Re
         ));
     }
     Ok(report)
+}
+
+/// Checks that the full chunks of a key all come before its open chunk, and that the open
+/// chunk names the first of them (or itself, without any) as the key's first position.
+fn check_full_chunks_before(
+    txn: &RoTxn,
+    dbs: &Dbs,
+    kind: Kind,
+    id: u32,
+    open: &format::OpenChunk<'_>,
+    report: &mut CheckReport,
+) -> Result<()> {
+    let base_of = |found: Option<(&[u8], &[u8])>| {
+        found.and_then(|(k, _)| format::index_key_base(k, kind, id))
+    };
+    let last = dbs
+        .index
+        .get_lower_than_or_equal_to(txn, &format::index_key(kind, id, Position::MAX))
+        .map_err(storage_error)?;
+    let first = dbs
+        .index
+        .get_greater_than_or_equal_to(txn, &format::index_key(kind, id, 0))
+        .map_err(storage_error)?;
+    let (last, first) = (base_of(last), base_of(first).unwrap_or(open.base));
+    if last.is_some_and(|last| last >= open.base) || first != open.first {
+        report.problem(format!(
+            "the open index chunk of {kind:?} #{id} (base {}, first position {}) disagrees with \
+             the key's full chunks (first base {first}, last base {last:?})",
+            open.base, open.first
+        ));
+    }
+    Ok(())
 }
 
 fn short(s: &str) -> &str {

@@ -384,6 +384,9 @@ struct KeyCursor {
     kind: Kind,
     id: u32,
     chunk: Option<Chunk>,
+    /// The key's open chunk's base and the key's first position, once looked up (`None`
+    /// inside: the key has no chunks).
+    open: Option<Option<(Position, Position)>>,
 }
 
 impl KeyCursor {
@@ -392,6 +395,7 @@ impl KeyCursor {
             kind,
             id,
             chunk: None,
+            open: None,
         }
     }
 
@@ -402,16 +406,52 @@ impl KeyCursor {
                 return Ok(chunk.find(p, walk.backwards));
             }
         }
-        let key = format::index_key(self.kind, self.id, p);
-        // Forwards from the start of the log, or from just past the chunk in hand (the walk's
-        // usual step), no chunk starting before `p` can hold it: the answer is the base of the
-        // first chunk at or after it, one lookup where the general case below takes two. That
-        // chunk is loaded when the walk moves into it, as below.
-        let just_past = matches!(&self.chunk, Some(chunk) if chunk.last.checked_add(1) == Some(p));
-        if !walk.backwards && (p <= 1 || just_past) {
-            return self.next_base(walk, &key, true);
+        let open = match self.open {
+            Some(open) => open,
+            None => {
+                let open = load_open_chunk(walk.txn, walk.dbs, self.kind, self.id)?
+                    .map(|o| (o.base, o.first));
+                self.open = Some(open);
+                open
+            }
+        };
+        let Some((open_base, first)) = open else {
+            return Ok(None);
+        };
+        if p >= open_base {
+            // The open chunk is the key's newest: it holds the answer, or there is none.
+            let chunk = match self.chunk.take() {
+                Some(cached) if cached.base == open_base => cached,
+                _ => {
+                    let stored = load_open_chunk(walk.txn, walk.dbs, self.kind, self.id)?;
+                    let stored = stored.filter(|o| o.base == open_base).ok_or_else(|| {
+                        Error::Internal(format!(
+                            "the open index chunk of {:?} #{} moved within a transaction",
+                            self.kind, self.id
+                        ))
+                    })?;
+                    Chunk::decode(self.kind, self.id, open_base, stored.bytes)?
+                }
+            };
+            let hit = chunk.find(p, walk.backwards);
+            self.chunk = Some(chunk);
+            return Ok(hit);
         }
-        // The chunk that would hold `p`: the last one starting at or before it.
+        // Before the open chunk: at or before the key's first position, or in a full chunk
+        // (there are some when the first position is not the open chunk's base).
+        if p <= first {
+            return Ok((p == first || !walk.backwards).then_some(first));
+        }
+        let key = format::index_key(self.kind, self.id, p);
+        // Forwards from just past the chunk in hand (the walk's usual step), no chunk starting
+        // before `p` can hold it: the answer is the base of the first chunk at or after it, one
+        // lookup where the general case below takes two. That chunk is loaded when the walk
+        // moves into it, as below.
+        let just_past = matches!(&self.chunk, Some(chunk) if chunk.last.checked_add(1) == Some(p));
+        if !walk.backwards && just_past {
+            return Ok(Some(self.next_base(walk, &key, true)?.unwrap_or(open_base)));
+        }
+        // The full chunk that would hold `p`: the last one starting at or before it.
         count_index_lookup();
         let found = walk
             .dbs
@@ -435,11 +475,14 @@ impl KeyCursor {
         } else if walk.backwards {
             return Ok(None);
         }
-        // Forward past the end of that chunk: the next chunk's base is its first position.
-        self.next_base(walk, &key, false)
+        // Forward past the end of that chunk: the next chunk's base is its first position, and
+        // after the last full chunk comes the open one.
+        Ok(Some(
+            self.next_base(walk, &key, false)?.unwrap_or(open_base),
+        ))
     }
 
-    /// The base of the key's first chunk after `key` (or at it, when `inclusive`): that
+    /// The base of the key's first full chunk after `key` (or at it, when `inclusive`): that
     /// chunk's first position, if there is one.
     fn next_base(
         &self,
@@ -500,24 +543,23 @@ pub fn decode_bitmap(kind: Kind, id: u32, base: Position, bytes: &[u8]) -> Resul
     })
 }
 
-/// The chunk of a key that would hold `position`, as stored: (base, serialized offsets).
-/// `Position::MAX` finds the key's newest chunk.
-pub fn stored_chunk_holding<'t>(
+/// The open (newest) chunk of a key, as stored, if the key has any chunks.
+pub fn load_open_chunk<'t>(
     txn: &'t RoTxn,
     dbs: &Dbs,
     kind: Kind,
     id: u32,
-    position: Position,
-) -> Result<Option<(Position, &'t [u8])>> {
-    let key = format::index_key(kind, id, position);
-    let found = dbs
-        .index
-        .get_lower_than_or_equal_to(txn, &key)
-        .map_err(storage_error)?;
-    Ok(found.and_then(|(k, v)| format::index_key_base(k, kind, id).map(|base| (base, v))))
+) -> Result<Option<format::OpenChunk<'t>>> {
+    count_index_lookup();
+    let key = format::open_chunk_key(kind, id);
+    match dbs.index.get(txn, &key).map_err(storage_error)? {
+        Some(value) => Ok(Some(format::decode_open_chunk(kind, id, value)?)),
+        None => Ok(None),
+    }
 }
 
-/// The chunk of a key that would hold `position`: (base, offsets).
+/// The chunk of a key that would hold `position`: (base, offsets): the open chunk, or the last
+/// full chunk starting at or before `position`.
 pub fn load_chunk_holding(
     txn: &RoTxn,
     dbs: &Dbs,
@@ -525,7 +567,19 @@ pub fn load_chunk_holding(
     id: u32,
     position: Position,
 ) -> Result<Option<(Position, RoaringBitmap)>> {
-    match stored_chunk_holding(txn, dbs, kind, id, position)? {
+    let Some(open) = load_open_chunk(txn, dbs, kind, id)? else {
+        return Ok(None);
+    };
+    if position >= open.base {
+        let bitmap = decode_bitmap(kind, id, open.base, open.bytes)?;
+        return Ok(Some((open.base, bitmap)));
+    }
+    let key = format::index_key(kind, id, position);
+    let found = dbs
+        .index
+        .get_lower_than_or_equal_to(txn, &key)
+        .map_err(storage_error)?;
+    match found.and_then(|(k, v)| format::index_key_base(k, kind, id).map(|base| (base, v))) {
         Some((base, bytes)) => Ok(Some((base, decode_bitmap(kind, id, base, bytes)?))),
         None => Ok(None),
     }

@@ -19,10 +19,13 @@ pub const META_INDEXED_HEAD: &[u8] = b"indexed_head";
 /// overflow).
 pub const MAX_POSITION: Position = 1 << 62;
 
-/// Largest serialized size of an index chunk before a new chunk is started. Small enough for
-/// LMDB to keep the value inline in its leaf page (no overflow pages), so an append rewrites
-/// at most about this many bytes per type or tag, whatever the length of the key's history.
-pub const MAX_CHUNK_BYTES: usize = 1900;
+/// Largest stored size of an index chunk before a new chunk is started. An indexing commit
+/// rewrites each touched key's open chunk whole, so this bounds what it rewrites per key: with
+/// 1,900 bytes, a store past 5M events whose appends kept touching the same 10,000 tags
+/// rewrote about 3,000 pages per indexing commit and appended half as fast as at 1M; with 256
+/// it stays within about 10% of its 1M rate to 9M events (`umadb-core/DESIGN.md`). Reading a
+/// long history takes a chunk load per 256 bytes of positions (about 100 to 250 positions).
+pub const MAX_CHUNK_BYTES: usize = 256;
 
 /// Which namespace an interned string belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,6 +34,18 @@ pub enum Kind {
     EventType = 1,
     Tag = 2,
     Source = 3,
+}
+
+impl Kind {
+    /// The kind a stored kind byte names.
+    pub fn from_byte(byte: u8) -> Option<Kind> {
+        match byte {
+            1 => Some(Kind::EventType),
+            2 => Some(Kind::Tag),
+            3 => Some(Kind::Source),
+            _ => None,
+        }
+    }
 }
 
 /// Record layout version of an event record (first byte of the value).
@@ -63,6 +78,78 @@ pub fn index_key(kind: Kind, id: u32, base: Position) -> [u8; INDEX_KEY_LEN] {
 
 /// Length of an index key: kind, id, base.
 pub const INDEX_KEY_LEN: usize = 13;
+
+/// Set in the kind byte of the key of a type's or tag's open (newest) chunk. Open chunks sort
+/// after every full chunk, each key's next to the next key's, so the chunks an indexing commit
+/// rewrites lie packed together instead of each after its key's full chunks.
+pub const OPEN_CHUNK: u8 = 0x40;
+
+/// Key of the open chunk of (`kind`, `id`): the kind with [`OPEN_CHUNK`] set, the id, and a
+/// base of 0 (the value names the base, which changes as chunks fill).
+pub fn open_chunk_key(kind: Kind, id: u32) -> [u8; INDEX_KEY_LEN] {
+    let mut key = index_key(kind, id, 0);
+    key[0] |= OPEN_CHUNK;
+    key
+}
+
+/// The (kind byte without [`OPEN_CHUNK`], id) of an open chunk's key.
+pub fn open_chunk_key_parts(key: &[u8]) -> Option<(u8, u32)> {
+    if key.len() == INDEX_KEY_LEN && key[0] & OPEN_CHUNK != 0 && key[5..] == [0; 8] {
+        Some((
+            key[0] & !OPEN_CHUNK,
+            u32::from_be_bytes([key[1], key[2], key[3], key[4]]),
+        ))
+    } else {
+        None
+    }
+}
+
+/// Length of an open chunk's header: its base and the key's first position.
+pub const OPEN_HEADER_LEN: usize = 16;
+
+/// An open chunk as stored: its base, the base of the key's first chunk (the open chunk's own
+/// when the key has no full chunks), and the chunk's bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenChunk<'b> {
+    pub base: Position,
+    pub first: Position,
+    pub bytes: &'b [u8],
+}
+
+/// Decodes an open chunk's value: base u64, first u64 (both big-endian), chunk bytes.
+pub fn decode_open_chunk(kind: Kind, id: u32, value: &[u8]) -> Result<OpenChunk<'_>> {
+    let (Some(base), Some(first)) = (
+        value.get(..8).and_then(|b| b.try_into().ok()),
+        value.get(8..16).and_then(|b| b.try_into().ok()),
+    ) else {
+        return Err(corrupt(format!(
+            "the open index chunk of {kind:?} #{id} has {} bytes, fewer than its header",
+            value.len()
+        )));
+    };
+    let (base, first) = (
+        Position::from_be_bytes(base),
+        Position::from_be_bytes(first),
+    );
+    if first > base || base == 0 {
+        return Err(corrupt(format!(
+            "the open index chunk of {kind:?} #{id} names base {base} and first position {first}"
+        )));
+    }
+    Ok(OpenChunk {
+        base,
+        first,
+        bytes: &value[OPEN_HEADER_LEN..],
+    })
+}
+
+/// Encodes an open chunk's value into `out` (cleared first).
+pub fn encode_open_chunk(base: Position, first: Position, bytes: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&base.to_be_bytes());
+    out.extend_from_slice(&first.to_be_bytes());
+    out.extend_from_slice(bytes);
+}
 
 /// The base of an index key, if the key belongs to (`kind`, `id`).
 pub fn index_key_base(key: &[u8], kind: Kind, id: u32) -> Option<Position> {

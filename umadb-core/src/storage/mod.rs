@@ -24,6 +24,7 @@ use crate::types::{AppendRequest, Position, Query, ReadRequest, SequencedEvent, 
 use format::{Kind, FORMAT_MAGIC, FORMAT_VERSION, META_FORMAT, META_INDEXED_HEAD};
 use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -555,7 +556,7 @@ fn open_databases(env: &Env<WithoutTls>, path: &Path) -> Result<(Dbs, bool)> {
                 DB_NAMES.map(|name| opener.create_database::<Bytes, Bytes>(txn, Some(name)));
             let (meta, events, intern, index, tracking, append_tracking) =
                 (meta?, events?, intern?, index?, tracking?, append_tracking?);
-            match check_format(txn, meta, events, path) {
+            match check_format(txn, [meta, events, index], path) {
                 Ok(done) => upgraded = done,
                 Err(e) => return Ok(CommitOrAbort::Abort(e)),
             }
@@ -593,8 +594,7 @@ fn open_databases(env: &Env<WithoutTls>, path: &Path) -> Result<(Dbs, bool)> {
 /// version (returning true).
 fn check_format(
     txn: &mut RwTxn,
-    meta: Database<'_, Bytes, Bytes>,
-    events: Database<'_, Bytes, Bytes>,
+    [meta, events, index]: [Database<'_, Bytes, Bytes>; 3],
     path: &Path,
 ) -> Result<bool> {
     match meta.get(txn, META_FORMAT).map_err(storage_error)? {
@@ -624,9 +624,10 @@ fn check_format(
             if version == FORMAT_VERSION {
                 return Ok(false);
             }
-            // Versions 1 and 2 keep every index chunk in the roaring form, which version 3
-            // reads and extends as it is; new chunks start in the gap form, which earlier
-            // builds cannot read: the stamp says so.
+            // Versions 1 and 2 keep every chunk in the roaring form, which version 3 reads as
+            // it is, and a key's newest chunk after its others, which version 3 keeps under its
+            // open-chunk key.
+            open_newest_chunks(txn, index)?;
             write_stamp(txn, meta)?;
             Ok(true)
         }
@@ -642,6 +643,61 @@ fn check_format(
             write_stamp(txn, meta)?;
             Ok(false)
         }
+    }
+}
+
+/// Moves each index key's newest chunk under its open-chunk key (format version 3), a batch of
+/// keys at a time so that memory stays bounded however large the index.
+fn open_newest_chunks(txn: &mut RwTxn, index: Database<'_, Bytes, Bytes>) -> Result<()> {
+    const KEYS_PER_BATCH: usize = 10_000;
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        // Per key of the batch: its newest chunk's key and bytes, and its first position.
+        let mut batch: Vec<([u8; format::INDEX_KEY_LEN], Vec<u8>, Position)> = Vec::new();
+        let mut last_seen: Option<Vec<u8>> = None;
+        let range = match &after {
+            Some(key) => (Bound::Excluded(key.as_slice()), Bound::Unbounded),
+            None => (Bound::Unbounded, Bound::Unbounded),
+        };
+        for entry in index.range(txn, &range).map_err(storage_error)? {
+            let (key, value) = entry.map_err(storage_error)?;
+            let key: [u8; format::INDEX_KEY_LEN] = key.try_into().map_err(|_| {
+                format::corrupt(format!(
+                    "the store is damaged: the index holds a key of {} bytes, where index keys \
+                     are {}",
+                    key.len(),
+                    format::INDEX_KEY_LEN
+                ))
+            })?;
+            if key[0] & format::OPEN_CHUNK != 0 {
+                // The open chunks sort after every other key: these are the ones moved so far.
+                break;
+            }
+            if let Some((newest, bytes, _)) = batch.last_mut().filter(|b| b.0[..5] == key[..5]) {
+                *newest = key;
+                *bytes = value.to_vec();
+            } else if batch.len() == KEYS_PER_BATCH {
+                break;
+            } else {
+                let first = format::decode_u64(&key[5..], "an index key's base")?;
+                batch.push((key, value.to_vec(), first));
+            }
+            last_seen = Some(key.to_vec());
+        }
+        let Some(last_seen) = last_seen else {
+            return Ok(());
+        };
+        let mut value = Vec::new();
+        for (key, bytes, first) in batch {
+            let base = format::decode_u64(&key[5..], "an index key's base")?;
+            let mut open_key = key;
+            open_key[0] |= format::OPEN_CHUNK;
+            open_key[5..].fill(0);
+            format::encode_open_chunk(base, first, &bytes, &mut value);
+            index.delete(txn, &key).map_err(storage_error)?;
+            index.put(txn, &open_key, &value).map_err(storage_error)?;
+        }
+        after = Some(last_seen);
     }
 }
 

@@ -284,8 +284,8 @@ fn commit(
 /// group that was answered, whose meta page a crash kept from the disk (see `journal.rs`).
 /// Says what it applied, if anything.
 ///
-/// `upgraded`: opening committed a transaction of its own first (a format upgrade), after the
-/// one the record would follow.
+/// `upgraded`: opening committed one transaction of its own first (a format upgrade), after
+/// the one the record would follow.
 pub(crate) fn replay(
     env: &Env<WithoutTls>,
     dbs: &Dbs,
@@ -571,12 +571,15 @@ impl<'a> Group<'a> {
 
 /// Adds `keys` (sorted by kind, id and position, no repeats) to the index chunks.
 ///
-/// One cursor walks the index backwards from the highest key to update, stepping over the
-/// entries of keys it leaves alone, or seeking when the next key is more than `WALK_LIMIT`
-/// entries away. Each key's newest chunk is read where the cursor stands and rewritten in place,
-/// so updating a key costs a few cursor steps instead of a lookup and an insert, each from the
-/// root. Chunks under new index keys are inserted afterwards in key order, by plain puts: new
-/// tags' keys all land at the index's end, but `MDB_APPEND` would fill those pages to the brim,
+/// A key's newest chunk is its open chunk, under a key of its own (`format::open_chunk_key`)
+/// in a range that holds nothing else, so the open chunks an indexing commit rewrites lie packed
+/// together. One cursor walks that range backwards from the highest key to update, stepping
+/// over the open chunks of keys it leaves alone, or seeking when the next key is more than
+/// `WALK_LIMIT` entries away. Each key's open chunk is read where the cursor stands and
+/// rewritten in place, so updating a key costs a few cursor steps instead of a lookup and an
+/// insert, each from the root. Chunks that filled go under their base among the full chunks,
+/// and new keys' open chunks are inserted, afterwards in key order, by plain puts: new tags'
+/// keys all land at the open range's end, but `MDB_APPEND` would fill those pages to the brim,
 /// and as every tag's chunk grows with later events they would all split (1,000,000
 /// prepopulated events took 2.4% more disk with it).
 fn add_to_index(
@@ -587,12 +590,11 @@ fn add_to_index(
 ) -> Result<()> {
     let runs: Vec<&[(Kind, u32, Position)]> =
         keys.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)).collect();
-    // The highest index key a run's (kind, id) can have.
-    let top = |run: &[(Kind, u32, Position)]| format::index_key(run[0].0, run[0].1, Position::MAX);
+    let open_key = |run: &[(Kind, u32, Position)]| format::open_chunk_key(run[0].0, run[0].1);
     let mut fresh: Vec<([u8; INDEX_KEY_LEN], Vec<u8>)> = Vec::new();
     let mut next = runs.len();
     'seek: while let Some(&run) = next.checked_sub(1).and_then(|i| runs.get(i)) {
-        let hi = top(run);
+        let hi = open_key(run);
         let mut walk = dbs
             .index
             .rev_range_mut(txn, &(Bound::Unbounded, Bound::Included(hi.as_slice())))
@@ -600,10 +602,10 @@ fn add_to_index(
         let mut at = step(&mut walk)?;
         while let Some(&run) = next.checked_sub(1).and_then(|i| runs.get(i)) {
             let (kind, id, _) = run[0];
-            let hi = top(run);
+            let key = open_key(run);
             let mut steps = 0;
-            while let Some((key, _)) = &at {
-                if key[..] <= hi[..] {
+            while let Some((stored_key, _)) = &at {
+                if stored_key[..] <= key[..] {
                     break;
                 }
                 if steps == WALK_LIMIT {
@@ -613,15 +615,17 @@ fn add_to_index(
                 steps += 1;
             }
             let stored = match &at {
-                Some((key, bytes)) => {
-                    format::index_key_base(key, kind, id).map(|base| (base, bytes.to_vec()))
+                Some((stored_key, value)) if *stored_key == key => {
+                    let open = format::decode_open_chunk(kind, id, value)?;
+                    Some((open.base, open.first, open.bytes.to_vec()))
                 }
-                None => None,
+                _ => None,
             };
-            let stored_base = stored.as_ref().map(|&(base, _)| base);
+            let in_place = stored.is_some();
             let mut chunks = DirtyKey {
+                first: stored.as_ref().map(|&(_, first, _)| first),
                 full: Vec::new(),
-                open: stored.map(|(base, bytes)| DirtyChunk {
+                open: stored.map(|(base, _, bytes)| DirtyChunk {
                     base,
                     form: Form::Stored(bytes),
                 }),
@@ -629,20 +633,24 @@ fn add_to_index(
             for &(_, _, position) in run {
                 chunks.add(kind, id, position)?;
             }
-            for chunk in chunks.full.iter_mut().chain(chunks.open.as_mut()) {
-                let base = chunk.base;
-                let key = format::index_key(kind, id, base);
-                let bytes = chunk.encoded(buf)?;
-                if Some(base) == stored_base {
+            for chunk in &mut chunks.full {
+                let key = format::index_key(kind, id, chunk.base);
+                fresh.push((key, chunk.encoded(buf)?.to_vec()));
+            }
+            if let (Some(open), Some(first)) = (&mut chunks.open, chunks.first) {
+                let base = open.base;
+                let mut value = Vec::new();
+                format::encode_open_chunk(base, first, open.encoded(buf)?, &mut value);
+                if in_place {
                     // SAFETY: the cursor stands on `key` (read as `stored`, whose bytes were
                     // copied), and no slice read through it is used after this write: `at` is
                     // replaced right below.
-                    unsafe { walk.put_current(&key, bytes) }.map_err(storage_error)?;
+                    unsafe { walk.put_current(&key, &value) }.map_err(storage_error)?;
                 } else {
-                    fresh.push((key, bytes.to_vec()));
+                    fresh.push((key, value));
                 }
             }
-            if stored_base.is_some() {
+            if in_place {
                 at = step(&mut walk)?;
             }
             next -= 1;
@@ -675,9 +683,10 @@ fn step<'t>(
     }
 }
 
-/// The chunks of one index key touched by the group: the newest (open) one, and any that
-/// filled up during the group.
+/// The chunks of one index key touched by the group: the newest (open) one, any that filled
+/// up during the group, and the key's first position.
 struct DirtyKey {
+    first: Option<Position>,
     full: Vec<DirtyChunk>,
     open: Option<DirtyChunk>,
 }
@@ -730,6 +739,7 @@ impl DirtyKey {
         if let Some(full) = self.open.replace(fresh) {
             self.full.push(full);
         }
+        self.first.get_or_insert(position);
         Ok(())
     }
 }

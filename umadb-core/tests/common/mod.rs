@@ -259,7 +259,9 @@ pub fn rewrite_stamp(path: &std::path::Path, stamp: &[u8]) {
 }
 
 /// Rewrites the index of a closed store as format versions 1 and 2 kept it: every chunk in the
-/// roaring form. Returns how many chunks were in the gap form.
+/// roaring form, and each key's newest chunk under its base among the others (version 3 keeps
+/// it under an open-chunk key: kind | 0x40, id, base 0; value: base, first position, chunk).
+/// Returns how many chunks were in the gap form.
 pub fn write_index_as_version_2(path: &std::path::Path) -> usize {
     // The gap form, read here on its own: the form byte 1, the last offset (u32 LE), then each
     // offset after 0 as a LEB128 varint distance from the one before.
@@ -291,13 +293,21 @@ pub fn write_index_as_version_2(path: &std::path::Path) -> usize {
             let (key, value) = entry?;
             entries.push((key.to_vec(), value.to_vec()));
         }
-        for (key, chunk) in entries {
+        for (mut key, value) in entries {
+            let mut chunk = value.as_slice();
+            if key[0] & 0x40 != 0 {
+                index.delete(wtxn, &key)?;
+                key[0] &= !0x40;
+                key[5..13].copy_from_slice(&value[..8]);
+                chunk = &value[16..];
+            }
+            let mut roaring = chunk.to_vec();
             if chunk[0] == 1 {
                 converted += 1;
-                let mut roaring = Vec::new();
-                gaps(&chunk).serialize_into(&mut roaring).unwrap();
-                index.put(wtxn, &key, &roaring)?;
+                roaring.clear();
+                gaps(chunk).serialize_into(&mut roaring).unwrap();
             }
+            index.put(wtxn, &key, &roaring)?;
         }
         Ok(())
     });
