@@ -22,7 +22,7 @@ pub const MAX_POSITION: Position = 1 << 62;
 /// Largest stored size of an index chunk before a new chunk is started. An indexing commit
 /// rewrites each touched key's open chunk whole, so this bounds what it rewrites per key: with
 /// 1,900 bytes, a store past 5M events whose appends kept touching the same 10,000 tags
-/// rewrote about 3,000 pages per indexing commit and appended half as fast as at 1M; with 256
+/// rewrote about 2,300 pages per indexing commit and appended half as fast as at 1M; with 256
 /// it stayed within about 20% of its 1M rate up to 9M events (`umadb-core/DESIGN.md`). Reading a
 /// long history takes a chunk load per 256 bytes of positions (about 100 to 250 positions).
 pub const MAX_CHUNK_BYTES: usize = 256;
