@@ -1,9 +1,10 @@
 //! The query evaluator, used by reads, subscriptions and append conditions alike.
 //!
 //! Each index key (type or tag) is a list of positions stored as chunks (see
-//! `format::index_key` and `chunk`), each decoded into a roaring bitmap when a cursor enters it. Evaluation is a leapfrog join over per-key cursors: an item's next
-//! match at or after a position is the first position every one of its tags holds and one of
-//! its types holds; the query's next match is the nearest of its items'. A cursor keeps the
+//! `format::index_key` and `chunk`), each decoded into a roaring bitmap when a cursor enters
+//! it. Evaluation is a leapfrog join over per-key cursors: an item's next match at or after a
+//! position is the first position every one of its tags holds and one of its types holds; the
+//! query's next match is the nearest of its items'. A cursor keeps the
 //! chunk it last loaded, so walking a key costs one chunk load per chunk it actually enters,
 //! and the walk stops as soon as the caller has enough positions.
 //!

@@ -592,6 +592,7 @@ fn add_to_index(
         keys.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)).collect();
     let open_key = |run: &[(Kind, u32, Position)]| format::open_chunk_key(run[0].0, run[0].1);
     let mut fresh: Vec<([u8; INDEX_KEY_LEN], Vec<u8>)> = Vec::new();
+    let mut value = Vec::new();
     let mut next = runs.len();
     'seek: while let Some(&run) = next.checked_sub(1).and_then(|i| runs.get(i)) {
         let hi = open_key(run);
@@ -639,7 +640,6 @@ fn add_to_index(
             }
             if let (Some(open), Some(first)) = (&mut chunks.open, chunks.first) {
                 let base = open.base;
-                let mut value = Vec::new();
                 format::encode_open_chunk(base, first, open.encoded(buf)?, &mut value);
                 if in_place {
                     // SAFETY: the cursor stands on `key` (read as `stored`, whose bytes were
@@ -647,7 +647,7 @@ fn add_to_index(
                     // replaced right below.
                     unsafe { walk.put_current(&key, &value) }.map_err(storage_error)?;
                 } else {
-                    fresh.push((key, value));
+                    fresh.push((key, value.clone()));
                 }
             }
             if in_place {
