@@ -410,9 +410,20 @@ impl KeyCursor {
         let open = match self.open {
             Some(open) => open,
             None => {
-                let open = load_open_chunk(walk.txn, walk.dbs, self.kind, self.id)?
-                    .map(|o| (o.base, o.first));
+                // The open chunk comes with its header. When the key has no other (most tags)
+                // any walk through the key enters it, so it is decoded at once, saving a second
+                // lookup.
+                let stored = load_open_chunk(walk.txn, walk.dbs, self.kind, self.id)?;
+                let open = stored.map(|o| (o.base, o.first));
+                if let Some(o) = stored.filter(|o| o.first == o.base) {
+                    self.chunk = Some(Chunk::decode(self.kind, self.id, o.base, o.bytes)?);
+                }
                 self.open = Some(open);
+                if let Some(chunk) = &self.chunk {
+                    if chunk.base <= p && p <= chunk.last {
+                        return Ok(chunk.find(p, walk.backwards));
+                    }
+                }
                 open
             }
         };
