@@ -2,8 +2,8 @@
 
 mod common;
 
-use common::{append, event, item, query, temp_store};
-use umadb_core::{AppendRequest, Event, ReadRequest, Store, TrackingInfo};
+use common::{append, event, item, query, raw_write, temp_store, Raw};
+use umadb_core::{AppendRequest, Event, ReadRequest, Store, StoreOptions, TrackingInfo};
 
 fn fill(store: &Store) {
     for i in 0..50u64 {
@@ -70,6 +70,82 @@ fn check_reports_a_record_that_fails_its_checksum_with_its_position() {
             .any(|p| p.contains("position 102") && p.contains("checksum")),
         "{:?}",
         report.problems
+    );
+}
+
+/// The open chunks (key kind | 0x40, id, zeros; value: base, first position, chunk) must agree
+/// with the key's full chunks: a key whose open chunk is gone, or names another first
+/// position, is reported.
+#[test]
+fn check_reports_open_index_chunks_that_disagree_with_the_full_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db");
+    let indexed_at_once = StoreOptions {
+        index_lag: 0,
+        ..Default::default()
+    };
+    {
+        let store = Store::open_with(&path, indexed_at_once.clone()).expect("open");
+        // Each tag on every other event: a byte a position, several 256-byte chunks each.
+        let events = (0..2_000)
+            .map(|i| event("A", &[if i % 2 == 0 { "even" } else { "odd" }]))
+            .collect();
+        append(&store, events);
+        let report = store.check(|_| {}).expect("check runs");
+        assert!(report.is_ok(), "{:?}", report.problems);
+    }
+    let damage = |edit: &dyn Fn(&mut Vec<(Vec<u8>, Vec<u8>)>)| -> Vec<String> {
+        let copy = tempfile::tempdir().expect("tempdir");
+        std::fs::copy(path.join("data.mdb"), copy.path().join("data.mdb")).expect("copy");
+        raw_write(copy.path(), |opener, wtxn| {
+            let index = opener.create_database::<Raw, Raw>(wtxn, Some("index"))?;
+            let mut entries = Vec::new();
+            for entry in index.iter(wtxn)? {
+                let (k, v) = entry?;
+                entries.push((k.to_vec(), v.to_vec()));
+            }
+            index.clear(wtxn)?;
+            edit(&mut entries);
+            for (k, v) in entries {
+                index.put(wtxn, &k, &v)?;
+            }
+            Ok(())
+        });
+        let store = Store::open_with(copy.path(), indexed_at_once.clone()).expect("reopen");
+        store.check(|_| {}).expect("check runs").problems
+    };
+    // The open chunk of a tag (kind 2) with full chunks (kind 2 keys hold only full ones).
+    let open_of_many = |entries: &Vec<(Vec<u8>, Vec<u8>)>| {
+        let (full, _) = entries
+            .iter()
+            .find(|(k, _)| k[0] == 2)
+            .expect("a tag with full chunks");
+        entries
+            .iter()
+            .position(|(k, _)| k[0] == 0x42 && k[1..5] == full[1..5])
+            .expect("its open chunk")
+    };
+    let problems = damage(&|entries| {
+        let at = open_of_many(entries);
+        entries.remove(at);
+    });
+    // Its positions in the open chunk are reported missing (the report keeps the first
+    // problems it finds; the key itself is reported after them, as having no open chunk).
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("no open chunk") || p.contains("missing from the index of Tag")),
+        "{problems:?}"
+    );
+    let problems = damage(&|entries| {
+        let at = open_of_many(entries);
+        entries[at].1[15] ^= 1;
+    });
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("disagrees with the key's full chunks")),
+        "{problems:?}"
     );
 }
 
