@@ -73,6 +73,9 @@ fn check_reports_a_record_that_fails_its_checksum_with_its_position() {
     );
 }
 
+/// Index entries as raw (key, value) pairs.
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The open chunks (key kind | 0x40, id, zeros; value: base, first position, chunk) must agree
 /// with the key's full chunks: a key whose open chunk is gone, or names another first
 /// position, is reported.
@@ -94,7 +97,7 @@ fn check_reports_open_index_chunks_that_disagree_with_the_full_ones() {
         let report = store.check(|_| {}).expect("check runs");
         assert!(report.is_ok(), "{:?}", report.problems);
     }
-    let damage = |edit: &dyn Fn(&mut Vec<(Vec<u8>, Vec<u8>)>)| -> Vec<String> {
+    let damage = |edit: &dyn Fn(&mut Entries)| -> Vec<String> {
         let copy = tempfile::tempdir().expect("tempdir");
         std::fs::copy(path.join("data.mdb"), copy.path().join("data.mdb")).expect("copy");
         raw_write(copy.path(), |opener, wtxn| {
@@ -115,7 +118,7 @@ fn check_reports_open_index_chunks_that_disagree_with_the_full_ones() {
         store.check(|_| {}).expect("check runs").problems
     };
     // The open chunk of a tag (kind 2) with full chunks (kind 2 keys hold only full ones).
-    let open_of_many = |entries: &Vec<(Vec<u8>, Vec<u8>)>| {
+    let open_of_many = |entries: &Entries| {
         let (full, _) = entries
             .iter()
             .find(|(k, _)| k[0] == 2)
