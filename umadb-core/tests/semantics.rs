@@ -1212,6 +1212,7 @@ fn a_version_2_store_with_many_keys_is_upgraded_whole() {
     rewrite_stamp(&path, &stamp);
 
     let store = Store::open_with(&path, options).unwrap();
+    assert_eq!(store.upgraded_from(), Some(2));
     let report = store.check(|_| {}).unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
     let positions_of = |tags: &[&str], types: &[&str]| -> Vec<Position> {
@@ -1325,6 +1326,7 @@ fn a_version_1_store_is_upgraded_on_open_and_answers_queries_as_before() {
     assert!(write_index_as_version_2(&path) > 0);
     make_like_version(&path, 1);
     let store = Store::open(&path).unwrap();
+    assert_eq!(store.upgraded_from(), Some(1));
     let even = query(vec![item(&[], &["even"])]);
     let positions = |store: &Store| -> Vec<Position> {
         let request = ReadRequest {
@@ -1388,6 +1390,7 @@ fn a_version_2_store_keeps_its_roaring_chunks_and_goes_on_in_the_gap_form() {
             .collect()
     };
     let store = Store::open_with(&path, options.clone()).unwrap();
+    assert_eq!(store.upgraded_from(), Some(2));
     assert_eq!(
         positions_of(&store, &[], &["tag-3"]),
         expected(40, &|i| i % 7 == 3)
@@ -1419,6 +1422,7 @@ fn a_version_2_store_keeps_its_roaring_chunks_and_goes_on_in_the_gap_form() {
         "no chunk in the roaring form: {forms:?}"
     );
     let store = Store::open_with(&path, options).unwrap();
+    assert_eq!(store.upgraded_from(), None);
     assert_eq!(
         positions_of(&store, &["Other"], &["tag-5"]),
         expected(100, &|i| i % 3 != 0 && i % 7 == 5)

@@ -101,6 +101,12 @@ fn check_here(db_path: &Path) -> ExitCode {
         Ok(store) => store,
         Err(e) => return damaged(db_path, &e),
     };
+    if let Some(version) = store.upgraded_from() {
+        eprintln!(
+            "  upgraded the store from on-disk format version {version} to {}",
+            umadb_core::FORMAT_VERSION
+        );
+    }
     if let Some(replay) = store.journal_replay() {
         eprintln!(
             "  applied the journal record of the last commit before a crash (transaction {}, {} \

@@ -196,6 +196,14 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             store.head().unwrap_or(0)
         ),
     }
+    if let Some(version) = store.upgraded_from() {
+        tracing::info!(
+            "{}: upgraded the store from on-disk format version {version} to {}; builds \
+             before this one cannot open it any more",
+            config.db_path.display(),
+            umadb_core::FORMAT_VERSION
+        );
+    }
     if let Some(replay) = store.journal_replay() {
         tracing::warn!(
             "{}: its last commit before the machine stopped (transaction {}, {} append \

@@ -15,13 +15,15 @@ mod recent;
 mod writer;
 
 pub use check::CheckReport;
+/// The on-disk format version this build writes (and upgrades older stores to).
+pub use format::FORMAT_VERSION;
 pub use journal::JournalReplay;
 pub use pages::PageSummary;
 pub use read::Reader;
 
 use crate::error::{Error, Result};
 use crate::types::{AppendRequest, Position, Query, ReadRequest, SequencedEvent, TrackingInfo};
-use format::{Kind, FORMAT_MAGIC, FORMAT_VERSION, META_FORMAT, META_INDEXED_HEAD};
+use format::{Kind, FORMAT_MAGIC, META_FORMAT, META_INDEXED_HEAD};
 use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
 use std::ops::Bound;
@@ -162,6 +164,7 @@ pub struct Store {
     shared: Arc<Shared>,
     pages: Option<PageSummary>,
     replayed: Option<JournalReplay>,
+    upgraded_from: Option<u32>,
     /// The directory, locked shared while the store is open (see `open_with`).
     _dir_lock: std::fs::File,
     index_lag: u64,
@@ -209,7 +212,7 @@ impl Store {
         // SAFETY: heed requires that the same path is not opened twice in one process with
         // different options; heed detects a second open and returns EnvAlreadyOpened.
         let env = unsafe { env_options.open(&path) }.map_err(|e| open_error(&path, e))?;
-        let (dbs, upgraded) = open_databases(&env, &path)?;
+        let (dbs, upgraded_from) = open_databases(&env, &path)?;
         // Every process with the store open holds a shared lock on its directory. Only one that
         // has it alone may apply a journal record: while another has it open, a record for the
         // transaction after LMDB's last one is that process's commit that failed (and is being
@@ -240,7 +243,7 @@ impl Store {
         let replayed = if records.is_empty() {
             None
         } else {
-            writer::replay(&env, &dbs, records, upgraded).map_err(|e| match e {
+            writer::replay(&env, &dbs, records, upgraded_from.is_some()).map_err(|e| match e {
                 // The record itself is at fault: it will never apply.
                 Error::Corruption(_) | Error::Integrity(_) | Error::InvalidArgument(_) => {
                     Error::Corruption(format!(
@@ -320,6 +323,7 @@ impl Store {
             shared,
             pages,
             replayed,
+            upgraded_from,
             _dir_lock: dir_lock,
             index_lag,
             sender: Mutex::new(Some(sender)),
@@ -347,6 +351,12 @@ impl Store {
     /// before a crash of the machine, answered but with its meta page not on disk yet.
     pub fn journal_replay(&self) -> Option<JournalReplay> {
         self.replayed
+    }
+
+    /// The on-disk format version the store had before this opening upgraded it to the
+    /// current one, if it did (see `umadb-core/DESIGN.md`, "Format versions").
+    pub fn upgraded_from(&self) -> Option<u32> {
+        self.upgraded_from
     }
 
     /// Walks the page structure of the store in directory `path` without opening it, as
@@ -533,11 +543,11 @@ const DB_NAMES: [&str; 6] = [
 
 /// Opens the databases and checks the format stamp, creating both in a new store, in one write
 /// transaction: an environment that is not an UmaDB store is refused before anything is written.
-/// Also true when a store of an earlier format version was upgraded (that transaction then
-/// committed, and was flushed in full).
-fn open_databases(env: &Env<WithoutTls>, path: &Path) -> Result<(Dbs, bool)> {
+/// Also the format version a store of an earlier version had, when it was upgraded (that
+/// transaction then committed, and was flushed in full).
+fn open_databases(env: &Env<WithoutTls>, path: &Path) -> Result<(Dbs, Option<u32>)> {
     let txn = env.write_txn().map_err(|e| open_error(path, e))?;
-    let mut upgraded = false;
+    let mut upgraded_from = None;
     let opened = env
         .create_databases_and_commit(txn, |opener, txn| -> heed::Result<_> {
             // The unnamed database lists every named one; anything else there is foreign data.
@@ -557,7 +567,7 @@ fn open_databases(env: &Env<WithoutTls>, path: &Path) -> Result<(Dbs, bool)> {
             let (meta, events, intern, index, tracking, append_tracking) =
                 (meta?, events?, intern?, index?, tracking?, append_tracking?);
             match check_format(txn, [meta, events, index], path) {
-                Ok(done) => upgraded = done,
+                Ok(from) => upgraded_from = from,
                 Err(e) => return Ok(CommitOrAbort::Abort(e)),
             }
             Ok(CommitOrAbort::Commit([
@@ -572,7 +582,7 @@ fn open_databases(env: &Env<WithoutTls>, path: &Path) -> Result<(Dbs, bool)> {
         .map_err(|e| open_error(path, e))?;
     match opened {
         CommitOrAbort::Commit([meta, events, intern, index, tracking, append_tracking]) => {
-            if upgraded {
+            if upgraded_from.is_some() {
                 // The store opens with NO_META_SYNC; the upgrade is made durable at once.
                 env.force_sync().map_err(|e| open_error(path, e))?;
             }
@@ -584,19 +594,19 @@ fn open_databases(env: &Env<WithoutTls>, path: &Path) -> Result<(Dbs, bool)> {
                 tracking,
                 append_tracking,
             };
-            Ok((dbs, upgraded))
+            Ok((dbs, upgraded_from))
         }
         CommitOrAbort::Abort(e) => Err(e),
     }
 }
 
 /// Checks the format stamp, writing it into a new store, and upgrades a store of an earlier
-/// version (returning true).
+/// version (returning that version).
 fn check_format(
     txn: &mut RwTxn,
     [meta, events, index]: [Database<'_, Bytes, Bytes>; 3],
     path: &Path,
-) -> Result<bool> {
+) -> Result<Option<u32>> {
     match meta.get(txn, META_FORMAT).map_err(storage_error)? {
         Some(stamp) => {
             if stamp.len() != 12 || &stamp[..8] != FORMAT_MAGIC {
@@ -622,14 +632,14 @@ fn check_format(
                 )));
             }
             if version == FORMAT_VERSION {
-                return Ok(false);
+                return Ok(None);
             }
             // Versions 1 and 2 keep every chunk in the roaring form, which version 3 reads as
             // it is, and a key's newest chunk after its others, which version 3 keeps under its
             // open-chunk key.
             open_newest_chunks(txn, index)?;
             write_stamp(txn, meta)?;
-            Ok(true)
+            Ok(Some(version))
         }
         None => {
             if !events.is_empty(txn).map_err(storage_error)? {
@@ -641,7 +651,7 @@ fn check_format(
             meta.put(txn, META_INDEXED_HEAD, &0u64.to_be_bytes())
                 .map_err(storage_error)?;
             write_stamp(txn, meta)?;
-            Ok(false)
+            Ok(None)
         }
     }
 }
