@@ -6,8 +6,9 @@ use uuid::Uuid;
 
 /// Version of the on-disk format, kept in the `meta` database under [`META_FORMAT`]. Version 2
 /// added [`META_INDEXED_HEAD`]; version 3 added the gap form of index chunks (`chunk.rs`),
-/// beside the roaring form that earlier versions hold. Stores of versions 1 and 2 are upgraded
-/// when they are opened.
+/// beside the roaring form that earlier versions hold, and keeps each key's newest chunk under
+/// its open-chunk key ([`open_chunk_key`]). Stores of versions 1 and 2 are upgraded when they
+/// are opened.
 pub const FORMAT_VERSION: u32 = 3;
 pub const FORMAT_MAGIC: &[u8; 8] = b"umadb-v1";
 pub const META_FORMAT: &[u8] = b"format";

@@ -700,9 +700,14 @@ fn open_newest_chunks(txn: &mut RwTxn, index: Database<'_, Bytes, Bytes>) -> Res
         let mut value = Vec::new();
         for (key, bytes, first) in batch {
             let base = format::decode_u64(&key[5..], "an index key's base")?;
-            let mut open_key = key;
-            open_key[0] |= format::OPEN_CHUNK;
-            open_key[5..].fill(0);
+            let kind = Kind::from_byte(key[0]).ok_or_else(|| {
+                format::corrupt(format!(
+                    "the store is damaged: the index holds a key of unknown kind {}",
+                    key[0]
+                ))
+            })?;
+            let id = u32::from_be_bytes([key[1], key[2], key[3], key[4]]);
+            let open_key = format::open_chunk_key(kind, id);
             format::encode_open_chunk(base, first, &bytes, &mut value);
             index.delete(txn, &key).map_err(storage_error)?;
             index.put(txn, &open_key, &value).map_err(storage_error)?;
