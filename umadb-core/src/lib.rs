@@ -12,8 +12,8 @@ pub use error::{Error, Result};
 pub use storage::{debug_counters, debug_index_lookups, reset_debug_counters};
 #[cfg(feature = "storage")]
 pub use storage::{
-    CheckReport, JournalReplay, PageSummary, Reader, Store, StoreOptions, DEFAULT_INDEX_LAG,
-    FORMAT_VERSION,
+    CheckReport, JournalReplay, OpeningProgress, PageSummary, ProgressReporter, Reader, Store,
+    StoreOptions, DEFAULT_INDEX_LAG, FORMAT_VERSION,
 };
 pub use types::{
     AppendCondition, AppendRequest, Event, Position, Query, QueryItem, ReadRequest, SequencedEvent,

@@ -4,11 +4,11 @@ mod common;
 
 use common::*;
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use umadb_core::{
-    AppendRequest, Error, Event, Position, Query, ReadRequest, Store, StoreOptions, TrackingInfo,
-    Uuid, MAX_STRING_LEN,
+    AppendRequest, Error, Event, OpeningProgress, Position, ProgressReporter, Query, ReadRequest,
+    Store, StoreOptions, TrackingInfo, Uuid, MAX_STRING_LEN,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -1211,8 +1211,52 @@ fn a_version_2_store_with_many_keys_is_upgraded_whole() {
     stamp.extend_from_slice(&2u32.to_be_bytes());
     rewrite_stamp(&path, &stamp);
 
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let sink = heard.clone();
+    let options = StoreOptions {
+        progress: Some(ProgressReporter::new(move |progress| {
+            sink.lock().unwrap().push(progress)
+        })),
+        ..options
+    };
     let store = Store::open_with(&path, options).unwrap();
     assert_eq!(store.upgraded_from(), Some(2));
+    // The upgrade was reported from its start, after each batch of keys and at its end, the
+    // page walk before it likewise.
+    let heard = heard.lock().unwrap();
+    let upgrade: Vec<(u64, u64)> = heard
+        .iter()
+        .filter_map(|progress| match *progress {
+            OpeningProgress::UpgradingIndex { from, done, total } => {
+                assert_eq!(from, 2);
+                Some((done, total))
+            }
+            OpeningProgress::WalkingPages { .. } => None,
+        })
+        .collect();
+    assert!(upgrade.len() >= 4, "{upgrade:?}");
+    assert_eq!(upgrade[0], (0, chunks as u64));
+    assert_eq!(upgrade[upgrade.len() - 1], (chunks as u64, chunks as u64));
+    assert!(upgrade.windows(2).all(|w| w[0].0 < w[1].0), "{upgrade:?}");
+    let walk: Vec<(u64, u64)> = heard
+        .iter()
+        .filter_map(|progress| match *progress {
+            OpeningProgress::WalkingPages { done, total } => Some((done, total)),
+            OpeningProgress::UpgradingIndex { .. } => None,
+        })
+        .collect();
+    assert!(walk.len() >= 2, "{walk:?}");
+    assert_eq!(walk[0].0, 0);
+    assert!(
+        walk[0].1 > 2 && walk.iter().all(|w| w.1 == walk[0].1),
+        "{walk:?}"
+    );
+    assert_eq!(walk[walk.len() - 1].0, walk[0].1);
+    assert!(
+        matches!(heard[0], OpeningProgress::WalkingPages { done: 0, .. }),
+        "the walk comes first: {heard:?}"
+    );
+    drop(heard);
     let report = store.check(|_| {}).unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
     let positions_of = |tags: &[&str], types: &[&str]| -> Vec<Position> {

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use umadb_core::{Error, Store};
+use umadb_core::{Error, Store, StoreOptions};
 
 /// Exit status of `umadb check` when the store is damaged.
 const DAMAGED: u8 = 2;
@@ -97,7 +97,7 @@ fn check_here(db_path: &Path) -> ExitCode {
     }
     eprintln!("checking {} …", db_path.display());
     // The store exists: any failure to open or read it means it cannot be trusted.
-    let store = match Store::open(db_path) {
+    let store = match open_telling_progress(db_path) {
         Ok(store) => store,
         Err(e) => return damaged(db_path, &e),
     };
@@ -214,7 +214,16 @@ fn open_existing(db_path: &Path) -> Result<Store, ExitCode> {
         eprintln!("no UmaDB store at {} (no data.mdb)", db_path.display());
         return Err(ExitCode::FAILURE);
     }
-    Store::open(db_path).map_err(|e| failure(db_path, &e))
+    open_telling_progress(db_path).map_err(|e| failure(db_path, &e))
+}
+
+/// Opens the store, saying on stderr how a slow opening is getting on.
+fn open_telling_progress(db_path: &Path) -> Result<Store, Error> {
+    let options = StoreOptions {
+        progress: Some(umadb_server::opening_reporter(|line| eprintln!("  {line}"))),
+        ..StoreOptions::default()
+    };
+    Store::open_with(db_path, options)
 }
 
 fn failure(db_path: &Path, e: &Error) -> ExitCode {

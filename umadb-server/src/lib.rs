@@ -16,6 +16,7 @@ mod closable;
 mod config;
 mod encoded;
 mod fanout;
+mod opening;
 mod outbox;
 mod readpool;
 mod service;
@@ -23,6 +24,7 @@ mod streams;
 mod wire_errors;
 
 pub use config::{Limits, ServerConfig, TlsConfig};
+pub use opening::opening_reporter;
 
 use closable::Closable;
 use std::fmt;
@@ -166,8 +168,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     };
     let db_path = config.db_path.clone();
     let opening = std::time::Instant::now();
+    let shown_path = config.db_path.display().to_string();
     let options = StoreOptions {
         index_lag: config.index_lag,
+        progress: Some(opening_reporter(move |line| {
+            tracing::info!("{shown_path}: {line}")
+        })),
         ..StoreOptions::default()
     };
     let store = tokio::task::spawn_blocking(move || Store::open_with(db_path, options))

@@ -57,6 +57,42 @@ pub struct StoreOptions {
     /// few MiB at the default), and more events read again at open. 0 indexes every commit's
     /// events at once.
     pub index_lag: u64,
+    /// Told how far the long steps of opening a large store have got (the page walk, a format
+    /// upgrade), so that whoever opens it can say so while it waits. None by default.
+    pub progress: Option<ProgressReporter>,
+}
+
+/// How far a long step of opening a store has got, for [`StoreOptions::progress`]. Each step
+/// reports `done: 0` when it starts, then at intervals, and `done == total` when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpeningProgress {
+    /// Walking LMDB's page structure ([`StoreOptions::verify_pages`]): pages reached, of the
+    /// pages the store uses (free-listed ones included).
+    WalkingPages { done: u64, total: u64 },
+    /// Upgrading the store from on-disk format version `from`: index entries passed, of all of
+    /// them.
+    UpgradingIndex { from: u32, done: u64, total: u64 },
+}
+
+/// Receives [`OpeningProgress`] reports while a store opens (on the opening thread).
+#[derive(Clone)]
+pub struct ProgressReporter(Arc<dyn Fn(OpeningProgress) + Send + Sync>);
+
+impl ProgressReporter {
+    pub fn new(report: impl Fn(OpeningProgress) + Send + Sync + 'static) -> Self {
+        ProgressReporter(Arc::new(report))
+    }
+
+    /// Hands `progress` to the receiver.
+    pub fn report(&self, progress: OpeningProgress) {
+        (self.0)(progress)
+    }
+}
+
+impl std::fmt::Debug for ProgressReporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressReporter")
+    }
 }
 
 impl Default for StoreOptions {
@@ -71,6 +107,7 @@ impl Default for StoreOptions {
             max_group: 1024,
             verify_pages: true,
             index_lag: DEFAULT_INDEX_LAG,
+            progress: None,
         }
     }
 }
@@ -194,7 +231,7 @@ impl Store {
         })?;
         let data_file = path.join("data.mdb");
         let pages = if options.verify_pages && pages::LAYOUT_KNOWN && data_file.exists() {
-            Some(pages::verify(&data_file)?)
+            Some(pages::verify(&data_file, options.progress.as_ref())?)
         } else {
             None
         };
@@ -212,7 +249,7 @@ impl Store {
         // SAFETY: heed requires that the same path is not opened twice in one process with
         // different options; heed detects a second open and returns EnvAlreadyOpened.
         let env = unsafe { env_options.open(&path) }.map_err(|e| open_error(&path, e))?;
-        let (dbs, upgraded_from) = open_databases(&env, &path)?;
+        let (dbs, upgraded_from) = open_databases(&env, &path, options.progress.as_ref())?;
         // Every process with the store open holds a shared lock on its directory. Only one that
         // has it alone may apply a journal record: while another has it open, a record for the
         // transaction after LMDB's last one is that process's commit that failed (and is being
@@ -362,7 +399,7 @@ impl Store {
     /// Walks the page structure of the store in directory `path` without opening it, as
     /// [`Store::open`] does first; `Err(Corruption)` names what is damaged.
     pub fn verify_pages(path: impl AsRef<Path>) -> Result<PageSummary> {
-        pages::verify(&path.as_ref().join("data.mdb"))
+        pages::verify(&path.as_ref().join("data.mdb"), None)
     }
 
     /// The last recorded position, or `None` for an empty store.
@@ -545,7 +582,11 @@ const DB_NAMES: [&str; 6] = [
 /// transaction: an environment that is not an UmaDB store is refused before anything is written.
 /// Also the format version a store of an earlier version had, when it was upgraded (that
 /// transaction then committed, and was flushed in full).
-fn open_databases(env: &Env<WithoutTls>, path: &Path) -> Result<(Dbs, Option<u32>)> {
+fn open_databases(
+    env: &Env<WithoutTls>,
+    path: &Path,
+    progress: Option<&ProgressReporter>,
+) -> Result<(Dbs, Option<u32>)> {
     let txn = env.write_txn().map_err(|e| open_error(path, e))?;
     let mut upgraded_from = None;
     let opened = env
@@ -566,7 +607,7 @@ fn open_databases(env: &Env<WithoutTls>, path: &Path) -> Result<(Dbs, Option<u32
                 DB_NAMES.map(|name| opener.create_database::<Bytes, Bytes>(txn, Some(name)));
             let (meta, events, intern, index, tracking, append_tracking) =
                 (meta?, events?, intern?, index?, tracking?, append_tracking?);
-            match check_format(txn, [meta, events, index], path) {
+            match check_format(txn, [meta, events, index], path, progress) {
                 Ok(from) => upgraded_from = from,
                 Err(e) => return Ok(CommitOrAbort::Abort(e)),
             }
@@ -606,6 +647,7 @@ fn check_format(
     txn: &mut RwTxn,
     [meta, events, index]: [Database<'_, Bytes, Bytes>; 3],
     path: &Path,
+    progress: Option<&ProgressReporter>,
 ) -> Result<Option<u32>> {
     match meta.get(txn, META_FORMAT).map_err(storage_error)? {
         Some(stamp) => {
@@ -637,7 +679,16 @@ fn check_format(
             // Versions 1 and 2 keep every chunk in the roaring form, which version 3 reads as
             // it is, and a key's newest chunk after its others, which version 3 keeps under its
             // open-chunk key.
-            open_newest_chunks(txn, index)?;
+            let report = |done, total| {
+                if let Some(progress) = progress {
+                    progress.report(OpeningProgress::UpgradingIndex {
+                        from: version,
+                        done,
+                        total,
+                    });
+                }
+            };
+            open_newest_chunks(txn, index, report)?;
             write_stamp(txn, meta)?;
             Ok(Some(version))
         }
@@ -657,9 +708,17 @@ fn check_format(
 }
 
 /// Moves each index key's newest chunk under its open-chunk key (format version 3), a batch of
-/// keys at a time so that memory stays bounded however large the index.
-fn open_newest_chunks(txn: &mut RwTxn, index: Database<'_, Bytes, Bytes>) -> Result<()> {
+/// keys at a time so that memory stays bounded however large the index. Reports the index
+/// entries passed, of all of them, at the start and after each batch.
+fn open_newest_chunks(
+    txn: &mut RwTxn,
+    index: Database<'_, Bytes, Bytes>,
+    report: impl Fn(u64, u64),
+) -> Result<()> {
     const KEYS_PER_BATCH: usize = 10_000;
+    let total = index.len(txn).map_err(storage_error)?;
+    let mut passed = 0;
+    report(0, total);
     let mut after: Option<Vec<u8>> = None;
     loop {
         // Per key of the batch: its newest chunk's key and bytes, and its first position.
@@ -693,8 +752,13 @@ fn open_newest_chunks(txn: &mut RwTxn, index: Database<'_, Bytes, Bytes>) -> Res
                 batch.push((key, value.to_vec(), first));
             }
             last_seen = Some(key.to_vec());
+            passed += 1;
         }
         let Some(last_seen) = last_seen else {
+            if passed < total {
+                // Entries under open-chunk keys already (none in a store of an earlier version).
+                report(total, total);
+            }
             return Ok(());
         };
         let mut value = Vec::new();
@@ -712,6 +776,7 @@ fn open_newest_chunks(txn: &mut RwTxn, index: Database<'_, Bytes, Bytes>) -> Res
             index.delete(txn, &key).map_err(storage_error)?;
             index.put(txn, &open_key, &value).map_err(storage_error)?;
         }
+        report(passed, total);
         after = Some(last_seen);
     }
 }

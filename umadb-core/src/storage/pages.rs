@@ -20,6 +20,7 @@
 //! The layout facts used (64-bit little-endian LMDB 0.9, data version 1) are those of LMDB's
 //! documented file format; the walk only reads the file.
 
+use super::{OpeningProgress, ProgressReporter};
 use crate::error::{Error, Result};
 use std::collections::HashSet;
 use std::fs::File;
@@ -57,6 +58,8 @@ const MAX_LISTED: usize = 10;
 /// The layout constants here are those of 64-bit little-endian builds of LMDB.
 pub(crate) const LAYOUT_KNOWN: bool =
     cfg!(all(target_pointer_width = "64", target_endian = "little"));
+/// Pages reached between two progress reports.
+const PAGES_PER_REPORT: u64 = 1 << 16;
 /// Walks of a store another process keeps changing, before giving up on a conclusive one.
 const ATTEMPTS: u32 = 5;
 
@@ -78,7 +81,8 @@ pub struct PageSummary {
 /// Another process may append while this runs, reusing pages of the snapshot walked: a walk that
 /// finds a problem while the newest meta page moved is repeated, and if the store moves under
 /// every attempt the summary says the walk was not conclusive rather than calling it damaged.
-pub fn verify(path: &Path) -> Result<PageSummary> {
+/// `progress` hears of every [`PAGES_PER_REPORT`] pages reached.
+pub fn verify(path: &Path, progress: Option<&ProgressReporter>) -> Result<PageSummary> {
     let file =
         File::open(path).map_err(|e| Error::Io(format!("cannot open {}: {e}", path.display())))?;
     if !LAYOUT_KNOWN {
@@ -90,6 +94,7 @@ pub fn verify(path: &Path) -> Result<PageSummary> {
     loop {
         attempt += 1;
         let mut walk = Walk::new(&file, path)?;
+        walk.progress = progress;
         if walk.file_len == 0 {
             // LMDB initializes an empty data file as a new environment (a crash can leave one
             // between creating the file and writing its meta pages): nothing to walk.
@@ -109,6 +114,7 @@ pub fn verify(path: &Path) -> Result<PageSummary> {
             return Err(walk.damaged(path));
         };
         walk.walk_all(&meta)?;
+        walk.report(walk.last_page + 1);
         let summary = PageSummary {
             pages: walk.pages,
             page_size: walk.page_size as u32,
@@ -224,6 +230,9 @@ struct Walk<'a> {
     positions: bool,
     /// What the page being walked holds, added to its problems (the events it would serve).
     holding: String,
+    progress: Option<&'a ProgressReporter>,
+    /// `pages` when progress was last reported.
+    reported: u64,
 }
 
 impl<'a> Walk<'a> {
@@ -246,7 +255,21 @@ impl<'a> Walk<'a> {
             problem_count: 0,
             positions: false,
             holding: String::new(),
+            progress: None,
+            reported: 0,
         })
+    }
+
+    /// Tells `progress` that `done` pages are reached, of the pages the meta page says are
+    /// used.
+    fn report(&mut self, done: u64) {
+        if let Some(progress) = self.progress {
+            progress.report(OpeningProgress::WalkingPages {
+                done,
+                total: self.last_page + 1,
+            });
+            self.reported = self.pages;
+        }
     }
 
     fn damaged(&self, path: &Path) -> Error {
@@ -352,6 +375,7 @@ impl<'a> Walk<'a> {
             self.mark(page);
         }
         self.pages = NUM_METAS;
+        self.report(0);
         let mut named = Vec::new();
         self.walk_tree("the free list", meta.free, Tree::Free, &mut named)?;
         if meta.main.flags != 0 {
@@ -461,6 +485,9 @@ impl<'a> Walk<'a> {
             }
         }
         self.pages += count;
+        if self.pages - self.reported >= PAGES_PER_REPORT {
+            self.report(self.pages);
+        }
         true
     }
 
