@@ -8,19 +8,21 @@
 //! bitmaps equals the number of (event, type-or-tag) pairs. Both halves stop at the indexed head:
 //! the events after it (at most `StoreOptions::index_lag`) must not be in the indexes yet.
 
-use super::eval::{decode_bitmap, load_chunk_holding};
+use super::chunk::Offsets;
+use super::eval::{decode_chunk, load_chunk_holding};
 use super::format::{self, Kind, INDEX_KEY_LEN};
 use super::{append_tracking, indexed_head, intern, storage_error, Dbs};
 use crate::error::Result;
 use crate::types::Position;
 use heed::RoTxn;
-use roaring::RoaringBitmap;
 use std::collections::HashMap;
 
 /// Problems listed in a report at most; the count covers them all.
 const MAX_LISTED: usize = 100;
 /// Index chunks are cached for this many events at a time, to bound the check's memory.
 const CACHE_SPAN: u64 = 65_536;
+/// Event types whose ids are kept once looked up, at most.
+const MAX_TYPES_KEPT: usize = 10_000;
 
 /// What [`Store::check`](super::Store::check) found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -49,12 +51,14 @@ impl CheckReport {
 }
 
 /// A loaded index chunk: base, last position, offsets.
-type CachedChunk = (Position, Position, RoaringBitmap);
+type CachedChunk = (Position, Position, Offsets);
 
 pub(crate) fn check(txn: &RoTxn, dbs: &Dbs, mut progress: impl FnMut(u64)) -> Result<CheckReport> {
     let mut report = CheckReport::default();
     let mut memberships: u64 = 0;
     let mut cache: HashMap<(Kind, u32), Option<CachedChunk>> = HashMap::new();
+    // Event types are few, and every event names one: each is looked up once.
+    let mut type_ids: HashMap<String, Option<u32>> = HashMap::new();
     let mut expected = 1;
     let indexed = match indexed_head(txn, dbs) {
         Ok(indexed) => indexed,
@@ -108,7 +112,21 @@ pub(crate) fn check(txn: &RoTxn, dbs: &Dbs, mut progress: impl FnMut(u64)) -> Re
             if position <= indexed {
                 memberships += 1;
             }
-            let Some(id) = intern::lookup(txn, dbs, kind, name)? else {
+            let kept = match kind {
+                Kind::EventType => type_ids.get(name.as_str()).copied(),
+                _ => None,
+            };
+            let id = match kept {
+                Some(id) => id,
+                None => {
+                    let id = intern::lookup(txn, dbs, kind, name)?;
+                    if kind == Kind::EventType && type_ids.len() < MAX_TYPES_KEPT {
+                        type_ids.insert(name.to_string(), id);
+                    }
+                    id
+                }
+            };
+            let Some(id) = id else {
                 report.problem(format!(
                     "event at position {position}: {kind:?} {:?} has no intern entry",
                     short(name)
@@ -122,9 +140,9 @@ pub(crate) fn check(txn: &RoTxn, dbs: &Dbs, mut progress: impl FnMut(u64)) -> Re
             let covered = matches!(cache.get(&(kind, id)), Some(Some((base, last, _))) if *base <= position && position <= *last);
             if !covered {
                 match load_chunk_holding(txn, dbs, kind, id, position) {
-                    Ok(Some((base, bitmap))) => {
-                        let last = base + bitmap.max().unwrap_or(0) as u64;
-                        cache.insert((kind, id), Some((base, last, bitmap)));
+                    Ok(Some((base, offsets))) => {
+                        let last = base + offsets.max().unwrap_or(0) as u64;
+                        cache.insert((kind, id), Some((base, last, offsets)));
                     }
                     Ok(None) => {
                         cache.insert((kind, id), None);
@@ -136,10 +154,10 @@ pub(crate) fn check(txn: &RoTxn, dbs: &Dbs, mut progress: impl FnMut(u64)) -> Re
                 }
             }
             let present = match cache.get(&(kind, id)) {
-                Some(Some((base, _, bitmap))) => position
+                Some(Some((base, _, offsets))) => position
                     .checked_sub(*base)
                     .and_then(|offset| u32::try_from(offset).ok())
-                    .is_some_and(|offset| bitmap.contains(offset)),
+                    .is_some_and(|offset| offsets.contains(offset)),
                 _ => false,
             };
             if !present {
@@ -197,15 +215,15 @@ pub(crate) fn check(txn: &RoTxn, dbs: &Dbs, mut progress: impl FnMut(u64)) -> Re
             base.copy_from_slice(&key[5..13]);
             (Position::from_be_bytes(base), value)
         };
-        match decode_bitmap(Kind::Tag, id, base, bytes) {
-            Ok(bitmap) => {
-                indexed_positions += bitmap.len();
-                if !bitmap.contains(0) {
+        match decode_chunk(Kind::Tag, id, base, bytes) {
+            Ok(offsets) => {
+                indexed_positions += offsets.len();
+                if !offsets.contains(0) {
                     report.problem(format!(
                         "the index chunk at {base} of key #{id} does not hold its own base"
                     ));
                 }
-                if let Some(max) = bitmap.max() {
+                if let Some(max) = offsets.max() {
                     let last = base + max as u64;
                     if last > report.head.min(indexed) {
                         report.problem(format!(

@@ -39,14 +39,102 @@ pub(crate) fn first_offset_only() -> Vec<u8> {
     vec![GAP_FORM, 0, 0, 0, 0]
 }
 
-/// Decodes a chunk of either form. The error says what is wrong with the bytes.
+/// Decodes a chunk of either form into a bitmap (the writer's form for moving a chunk to the
+/// roaring form). The error says what is wrong with the bytes.
 pub(crate) fn decode(bytes: &[u8]) -> Result<RoaringBitmap, String> {
     if bytes.first() != Some(&GAP_FORM) {
         return RoaringBitmap::deserialize_from(bytes).map_err(|e| e.to_string());
     }
-    let last = read_u32(bytes, 1).ok_or("the gap form's header is cut short")?;
     let mut offsets = RoaringBitmap::new();
-    offsets.insert(0);
+    for_each_gap_offset(bytes, |offset| {
+        offsets.try_push(offset).map_err(|e| e.to_string())
+    })?;
+    Ok(offsets)
+}
+
+/// A chunk's offsets as a reader holds them: the gap form's as a sorted list, the roaring
+/// form's as its bitmap. A gap-form chunk holds at most a few hundred offsets (a byte or more
+/// each), and a list of them is one allocation where a bitmap takes one per 65,536-offset
+/// span they reach (a tag's positions lie that far apart: a chunk of 50 took 51); a roaring
+/// chunk can hold millions of offsets in a few runs, which only the bitmap keeps small.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Offsets {
+    Listed(Vec<u32>),
+    Bitmap(RoaringBitmap),
+}
+
+impl Offsets {
+    pub fn len(&self) -> u64 {
+        match self {
+            Offsets::Listed(list) => list.len() as u64,
+            Offsets::Bitmap(bitmap) => bitmap.len(),
+        }
+    }
+
+    pub fn min(&self) -> Option<u32> {
+        match self {
+            Offsets::Listed(list) => list.first().copied(),
+            Offsets::Bitmap(bitmap) => bitmap.min(),
+        }
+    }
+
+    pub fn max(&self) -> Option<u32> {
+        match self {
+            Offsets::Listed(list) => list.last().copied(),
+            Offsets::Bitmap(bitmap) => bitmap.max(),
+        }
+    }
+
+    pub fn contains(&self, offset: u32) -> bool {
+        match self {
+            Offsets::Listed(list) => list.binary_search(&offset).is_ok(),
+            Offsets::Bitmap(bitmap) => bitmap.contains(offset),
+        }
+    }
+
+    /// The first offset at or after `offset`.
+    pub fn at_or_after(&self, offset: u32) -> Option<u32> {
+        match self {
+            Offsets::Listed(list) => list.get(list.partition_point(|&o| o < offset)).copied(),
+            Offsets::Bitmap(bitmap) => bitmap.range(offset..).next(),
+        }
+    }
+
+    /// The last offset at or before `offset`.
+    pub fn at_or_before(&self, offset: u32) -> Option<u32> {
+        match self {
+            Offsets::Listed(list) => match list.partition_point(|&o| o <= offset) {
+                0 => None,
+                after => Some(list[after - 1]),
+            },
+            Offsets::Bitmap(bitmap) => bitmap.range(..=offset).next_back(),
+        }
+    }
+}
+
+/// Decodes a chunk of either form for reading (see [`Offsets`]); the same checks as
+/// [`decode`].
+pub(crate) fn decode_offsets(bytes: &[u8]) -> Result<Offsets, String> {
+    if bytes.first() != Some(&GAP_FORM) {
+        return decode(bytes).map(Offsets::Bitmap);
+    }
+    // Each offset after 0 takes a byte at least.
+    let mut offsets = Vec::with_capacity(bytes.len().saturating_sub(GAP_HEADER) + 1);
+    for_each_gap_offset(bytes, |offset| {
+        offsets.push(offset);
+        Ok(())
+    })?;
+    Ok(Offsets::Listed(offsets))
+}
+
+/// Hands `each` every offset of a gap-form chunk in increasing order, 0 first, checking every
+/// varint, that no gap is zero or passes the largest offset, and the header's last offset.
+fn for_each_gap_offset(
+    bytes: &[u8],
+    mut each: impl FnMut(u32) -> Result<(), String>,
+) -> Result<(), String> {
+    let last = read_u32(bytes, 1).ok_or("the gap form's header is cut short")?;
+    each(0)?;
     let mut offset = 0u32;
     let mut at = GAP_HEADER;
     while at < bytes.len() {
@@ -56,7 +144,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<RoaringBitmap, String> {
             .checked_add(gap)
             .filter(|_| gap > 0)
             .ok_or_else(|| format!("the gap at byte {at} is zero or passes the largest offset"))?;
-        offsets.try_push(offset).map_err(|e| e.to_string())?;
+        each(offset)?;
         at += len;
     }
     if offset != last {
@@ -64,7 +152,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<RoaringBitmap, String> {
             "the gaps end at offset {offset}, the header says {last}"
         ));
     }
-    Ok(offsets)
+    Ok(())
 }
 
 /// Appends `offset`, which must be greater than every offset in `bytes`, when the result stays
@@ -287,6 +375,38 @@ mod tests {
                 prop_assert_eq!(set.max(), read_u32(&bytes, 1));
             }
             let _ = decode(&tail);
+        }
+
+        /// Decoding for reading refuses what `decode` refuses, and the list and the bitmap it
+        /// gives answer every question as the bitmap `decode` gives.
+        #[test]
+        fn offsets_agree_with_the_bitmap(
+            steps in prop::collection::vec(prop_oneof![1u32..128, 1u32..5_000_000], 0..60),
+            tail in prop::collection::vec(any::<u8>(), 0..24),
+            probes in prop::collection::vec(any::<u32>(), 0..20),
+        ) {
+            let (gap, expected) = gap_chunk(&steps);
+            let roaring = serialized(&expected);
+            let mut damaged = vec![GAP_FORM];
+            damaged.extend_from_slice(&tail);
+            for bytes in [gap, roaring, damaged] {
+                let (offsets, bitmap) = match (decode_offsets(&bytes), decode(&bytes)) {
+                    (Ok(offsets), Ok(bitmap)) => (offsets, bitmap),
+                    (Err(a), Err(b)) => { prop_assert_eq!(a, b); continue; }
+                    (a, b) => return Err(TestCaseError::fail(format!("{a:?} against {b:?}"))),
+                };
+                prop_assert_eq!(matches!(offsets, Offsets::Listed(_)), bytes[0] == GAP_FORM);
+                prop_assert_eq!(offsets.len(), bitmap.len());
+                prop_assert_eq!(offsets.min(), bitmap.min());
+                prop_assert_eq!(offsets.max(), bitmap.max());
+                let held: Vec<u32> = bitmap.iter().collect();
+                let near: Vec<u32> = held.iter().flat_map(|&o| [o.saturating_sub(1), o, o.saturating_add(1)]).collect();
+                for &probe in probes.iter().chain(&near) {
+                    prop_assert_eq!(offsets.contains(probe), bitmap.contains(probe));
+                    prop_assert_eq!(offsets.at_or_after(probe), bitmap.range(probe..).next());
+                    prop_assert_eq!(offsets.at_or_before(probe), bitmap.range(..=probe).next_back());
+                }
+            }
         }
     }
 

@@ -12,7 +12,7 @@
 //! events after it are matched on their type and tag ids as the writer keeps them in memory
 //! (`recent`), or, when a snapshot is older than that window, by scanning their records.
 
-use super::chunk;
+use super::chunk::{self, Offsets};
 use super::format::{self, Kind};
 use super::recent::Recent;
 use super::{indexed_head, intern, storage_error, Dbs};
@@ -377,7 +377,7 @@ impl ItemCursors {
 struct Chunk {
     base: Position,
     last: Position,
-    bitmap: RoaringBitmap,
+    offsets: Offsets,
 }
 
 /// Walks the positions of one index key, keeping the chunk it last loaded.
@@ -517,9 +517,13 @@ impl KeyCursor {
 impl Chunk {
     fn decode(kind: Kind, id: u32, base: Position, bytes: &[u8]) -> Result<Chunk> {
         CHUNKS_LOADED.with(|n| n.set(n.get() + 1));
-        let bitmap = decode_bitmap(kind, id, base, bytes)?;
-        let last = base + bitmap.max().unwrap_or(0) as u64;
-        Ok(Chunk { base, last, bitmap })
+        let offsets = decode_chunk(kind, id, base, bytes)?;
+        let last = base + offsets.max().unwrap_or(0) as u64;
+        Ok(Chunk {
+            base,
+            last,
+            offsets,
+        })
     }
 
     /// Nearest position to `p` in the chunk, at or after it (at or before, backwards).
@@ -528,31 +532,38 @@ impl Chunk {
             return if backwards {
                 None
             } else {
-                self.bitmap.min().map(|o| self.base + o as u64)
+                self.offsets.min().map(|o| self.base + o as u64)
             };
         }
         let Ok(offset) = u32::try_from(p - self.base) else {
             return if backwards {
-                self.bitmap.max().map(|o| self.base + o as u64)
+                self.offsets.max().map(|o| self.base + o as u64)
             } else {
                 None
             };
         };
         let found = if backwards {
-            self.bitmap.range(..=offset).next_back()
+            self.offsets.at_or_before(offset)
         } else {
-            self.bitmap.range(offset..).next()
+            self.offsets.at_or_after(offset)
         };
         found.map(|o| self.base + o as u64)
     }
 }
 
 pub fn decode_bitmap(kind: Kind, id: u32, base: Position, bytes: &[u8]) -> Result<RoaringBitmap> {
-    chunk::decode(bytes).map_err(|e| {
-        Error::Corruption(format!(
-            "index chunk at {base} of {kind:?} #{id} cannot be decoded: {e}"
-        ))
-    })
+    chunk::decode(bytes).map_err(|e| undecodable(kind, id, base, e))
+}
+
+/// Decodes a chunk for reading (see [`Offsets`]).
+pub fn decode_chunk(kind: Kind, id: u32, base: Position, bytes: &[u8]) -> Result<Offsets> {
+    chunk::decode_offsets(bytes).map_err(|e| undecodable(kind, id, base, e))
+}
+
+fn undecodable(kind: Kind, id: u32, base: Position, e: String) -> Error {
+    Error::Corruption(format!(
+        "index chunk at {base} of {kind:?} #{id} cannot be decoded: {e}"
+    ))
 }
 
 /// The open (newest) chunk of a key, as stored, if the key has any chunks.
@@ -578,13 +589,13 @@ pub fn load_chunk_holding(
     kind: Kind,
     id: u32,
     position: Position,
-) -> Result<Option<(Position, RoaringBitmap)>> {
+) -> Result<Option<(Position, Offsets)>> {
     let Some(open) = load_open_chunk(txn, dbs, kind, id)? else {
         return Ok(None);
     };
     if position >= open.base {
-        let bitmap = decode_bitmap(kind, id, open.base, open.bytes)?;
-        return Ok(Some((open.base, bitmap)));
+        let offsets = decode_chunk(kind, id, open.base, open.bytes)?;
+        return Ok(Some((open.base, offsets)));
     }
     let key = format::index_key(kind, id, position);
     let found = dbs
@@ -592,7 +603,7 @@ pub fn load_chunk_holding(
         .get_lower_than_or_equal_to(txn, &key)
         .map_err(storage_error)?;
     match found.and_then(|(k, v)| format::index_key_base(k, kind, id).map(|base| (base, v))) {
-        Some((base, bytes)) => Ok(Some((base, decode_bitmap(kind, id, base, bytes)?))),
+        Some((base, bytes)) => Ok(Some((base, decode_chunk(kind, id, base, bytes)?))),
         None => Ok(None),
     }
 }
