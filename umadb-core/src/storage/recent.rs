@@ -233,22 +233,26 @@ impl Recent {
         Some(found)
     }
 
-    /// The index entries (kind, id, position) of the positions in `lo..=hi`, or `None` when the
-    /// window does not hold the whole range.
-    pub fn index_entries(&self, lo: Position, hi: Position) -> Option<Vec<(Kind, u32, Position)>> {
+    /// Appends the index entries (kind, id, position) of the positions in `lo..=hi` to
+    /// `entries`; false, appending nothing, when the window does not hold the whole range.
+    pub fn index_entries_into(
+        &self,
+        lo: Position,
+        hi: Position,
+        entries: &mut Vec<(Kind, u32, Position)>,
+    ) -> bool {
         if lo > hi {
-            return Some(Vec::new());
+            return true;
         }
         let window = self.read();
         if !window.covers(lo, hi) {
-            return None;
+            return false;
         }
-        let mut entries = Vec::new();
         for (position, keys) in window.get(lo, hi) {
             entries.push((Kind::EventType, keys.event_type, position));
             entries.extend(keys.tags.iter().map(|&tag| (Kind::Tag, tag, position)));
         }
-        Some(entries)
+        true
     }
 }
 
@@ -281,14 +285,17 @@ mod tests {
         assert_eq!(recent.matching(5, 6, [ANY]), None);
         assert_eq!(recent.matching(6, 7, [ANY]), Some(vec![6, 7]));
         assert_eq!(recent.matching(6, 7, [(&[][..], &[7][..])]), Some(vec![7]));
+        let mut entries = vec![(Kind::Tag, 9, 1)];
+        assert!(recent.index_entries_into(6, 7, &mut entries));
         assert_eq!(
-            recent.index_entries(6, 7),
-            Some(vec![
+            entries,
+            vec![
+                (Kind::Tag, 9, 1),
                 (Kind::EventType, 2, 6),
                 (Kind::EventType, 1, 7),
                 (Kind::Tag, 7, 7),
                 (Kind::Tag, 8, 7),
-            ])
+            ]
         );
     }
 

@@ -97,6 +97,7 @@ pub fn run(
     mut journal: Journal,
 ) {
     let mut record = Vec::new();
+    let mut index_keys = Vec::new();
     let mut indexed_head = match tail {
         Ok(tail) => {
             shared.recent.extend(tail.indexed_head + 1, tail.events);
@@ -132,6 +133,7 @@ pub fn run(
                 indexed_head,
                 &mut journal,
                 &mut record,
+                &mut index_keys,
             )
         }))
         .unwrap_or_else(|_| {
@@ -185,6 +187,7 @@ fn commit_group(
     indexed_head: Position,
     journal: &mut Journal,
     record: &mut Vec<u8>,
+    index_keys: &mut Vec<(Kind, u32, Position)>,
 ) -> Result<(Vec<Result<Position>>, Committed)> {
     let dbs = &shared.dbs;
     let mut txn = shared.env.write_txn().map_err(storage_error)?;
@@ -202,20 +205,24 @@ fn commit_group(
     let events = group.event_keys();
     let indexed = group.head - indexed_head > index_lag;
     if indexed {
-        let mut keys = shared
+        // One buffer for every indexing commit: tens of thousands of entries, freshly allocated
+        // each time they cost page faults (the allocator's fresh pages are zeroed).
+        let keys = index_keys;
+        keys.clear();
+        if !shared
             .recent
-            .index_entries(indexed_head + 1, committed_head)
-            .ok_or_else(|| {
-                Error::Internal(format!(
-                    "the writer lost the keys of the events after the indexed head \
-                     {indexed_head}; the group was not written"
-                ))
-            })?;
+            .index_entries_into(indexed_head + 1, committed_head, keys)
+        {
+            return Err(Error::Internal(format!(
+                "the writer lost the keys of the events after the indexed head \
+                 {indexed_head}; the group was not written"
+            )));
+        }
         keys.append(&mut group.keys);
         // Ascending per key, as chunks are extended; an event naming a tag twice is listed once.
         keys.sort_unstable_by_key(|&(kind, id, position)| (kind as u8, id, position));
         keys.dedup();
-        add_to_index(&mut txn, dbs, &keys, &mut group.buf)?;
+        add_to_index(&mut txn, dbs, keys, &mut group.buf)?;
         dbs.meta
             .put(
                 &mut txn,
