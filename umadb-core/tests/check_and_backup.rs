@@ -210,3 +210,70 @@ fn backup_during_appends_holds_a_gapless_prefix() {
     let positions: Vec<u64> = events.iter().map(|e| e.position).collect();
     assert_eq!(positions, (1..=report.head).collect::<Vec<_>>());
 }
+
+/// A long log is checked in two halves on two threads: damage on either side of where it is
+/// split, and at the split itself, is reported as one pass through the log reports it.
+#[test]
+fn check_finds_damage_on_both_sides_of_where_it_splits_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db");
+    let indexed_at_once = StoreOptions {
+        index_lag: 0,
+        ..Default::default()
+    };
+    let n = 30_000u64;
+    {
+        let store = Store::open_with(&path, indexed_at_once.clone()).expect("open");
+        for first in (0..n).step_by(5_000) {
+            let tags: Vec<String> = (first..first + 5_000).map(|i| format!("t{i}")).collect();
+            append(&store, tags.iter().map(|t| event("A", &[t])).collect());
+        }
+        let report = store.check(|_| {}).expect("check runs");
+        assert!(report.is_ok(), "{:?}", report.problems);
+    }
+    // Positions 15,001 (the first of the upper half) and 20,000 go, and two keys of 7 bytes
+    // come in their place (opening counts the records against the last position), one sorting
+    // in each half; the index entries of the tags of positions 100 and 25,000 go too (each tag
+    // is on one event: its open chunk's base).
+    raw_write(&path, |opener, wtxn| {
+        let events = opener.create_database::<Raw, Raw>(wtxn, Some("events"))?;
+        for position in [15_001u64, 20_000] {
+            assert!(events.delete(wtxn, &position.to_be_bytes())?);
+        }
+        // Before position 14,848 (0x3A00) and before 19,968 (0x4E00).
+        for bogus in [[0, 0, 0, 0, 0, 0, 0x3A], [0, 0, 0, 0, 0, 0, 0x4E]] {
+            events.put(wtxn, &bogus, b"junk")?;
+        }
+        let index = opener.create_database::<Raw, Raw>(wtxn, Some("index"))?;
+        let mut doomed = Vec::new();
+        for entry in index.iter(wtxn)? {
+            let (k, v) = entry?;
+            let base = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+            if k[0] == 0x42 && (base == 100 || base == 25_000) {
+                doomed.push(k.to_vec());
+            }
+        }
+        assert_eq!(doomed.len(), 2);
+        for k in doomed {
+            index.delete(wtxn, &k)?;
+        }
+        Ok(())
+    });
+    let store = Store::open_with(&path, indexed_at_once).expect("reopen");
+    let report = store.check(|_| {}).expect("check runs");
+    assert_eq!(
+        report.problems,
+        vec![
+            "event at position 100 is missing from the index of Tag \"t99\"".to_string(),
+            "event key has 7 bytes, expected 8".into(),
+            "positions are not gapless: expected 15001, found 15002".into(),
+            "event key has 7 bytes, expected 8".into(),
+            "positions are not gapless: expected 20000, found 20001".into(),
+            "event at position 25000 is missing from the index of Tag \"t24999\"".into(),
+            "the indexes hold 59998 positions but the events name 59996 (type, tag) memberships"
+                .into(),
+        ]
+    );
+    assert_eq!(report.problem_count, 7);
+    assert_eq!((report.events, report.head), (n - 2, n));
+}

@@ -7,15 +7,22 @@
 //! tags (chunks are cached for a bounded span of events), and the total number of positions in all
 //! bitmaps equals the number of (event, type-or-tag) pairs. Both halves stop at the indexed head:
 //! the events after it (at most `StoreOptions::index_lag`) must not be in the indexes yet.
+//!
+//! A long log's events are checked in two halves at once, the upper one on a thread of its own
+//! in a second read transaction on the same snapshot; the halves' findings are joined in order
+//! (the upper half's first position checked against the lower half's last), so the report is
+//! the one a single pass gives.
 
 use super::chunk::Offsets;
 use super::eval::{decode_chunk, load_chunk_holding};
 use super::format::{self, Kind, INDEX_KEY_LEN};
 use super::{append_tracking, indexed_head, intern, storage_error, Dbs};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::types::Position;
-use heed::RoTxn;
+use heed::{RoTxn, WithoutTls};
 use std::collections::HashMap;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Problems listed in a report at most; the count covers them all.
 const MAX_LISTED: usize = 100;
@@ -23,6 +30,12 @@ const MAX_LISTED: usize = 100;
 const CACHE_SPAN: u64 = 65_536;
 /// Event types whose ids are kept once looked up, at most.
 const MAX_TYPES_KEPT: usize = 10_000;
+/// Events a part of the log's check counts before it says so.
+const TICK: u64 = 1_000;
+/// The caller hears of progress every this many events.
+const PROGRESS_EVERY: u64 = 100_000;
+/// A log shorter than twice this many events is checked in one pass.
+const SPLIT_AT_LEAST: u64 = 10_000;
 
 /// What [`Store::check`](super::Store::check) found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,13 +66,13 @@ impl CheckReport {
 /// A loaded index chunk: base, last position, offsets.
 type CachedChunk = (Position, Position, Offsets);
 
-pub(crate) fn check(txn: &RoTxn, dbs: &Dbs, mut progress: impl FnMut(u64)) -> Result<CheckReport> {
+pub(crate) fn check(
+    txn: &RoTxn,
+    helper: Option<RoTxn<'_, WithoutTls>>,
+    dbs: &Dbs,
+    mut progress: impl FnMut(u64),
+) -> Result<CheckReport> {
     let mut report = CheckReport::default();
-    let mut memberships: u64 = 0;
-    let mut cache: HashMap<(Kind, u32), Option<CachedChunk>> = HashMap::new();
-    // Event types are few, and every event names one: each is looked up once.
-    let mut type_ids: HashMap<String, Option<u32>> = HashMap::new();
-    let mut expected = 1;
     let indexed = match indexed_head(txn, dbs) {
         Ok(indexed) => indexed,
         Err(e) => {
@@ -67,106 +80,71 @@ pub(crate) fn check(txn: &RoTxn, dbs: &Dbs, mut progress: impl FnMut(u64)) -> Re
             Position::MAX
         }
     };
-    for entry in dbs.events.iter(txn).map_err(storage_error)? {
-        let (key, value) = entry.map_err(storage_error)?;
-        let position = match format::decode_position_key(key) {
-            Ok(p) => p,
-            Err(e) => {
-                report.problem(e.message().to_string());
-                continue;
-            }
-        };
-        report.events += 1;
-        report.head = position;
-        if position != expected {
+    let last = match dbs.events.last(txn).map_err(storage_error)? {
+        Some((key, _)) => format::decode_position_key(key).ok(),
+        None => None,
+    };
+    let checked = AtomicU64::new(0);
+    let mut reported = 0;
+    let mut tick = || {
+        let total = checked.fetch_add(TICK, Ordering::Relaxed) + TICK;
+        if total / PROGRESS_EVERY > reported / PROGRESS_EVERY {
+            reported = total;
+            progress(total / PROGRESS_EVERY * PROGRESS_EVERY);
+        }
+    };
+    // With a second transaction on the same snapshot, the upper half of the log is checked on
+    // a thread of its own: both halves decode and look up alike, so the check takes about half
+    // as long. The lower half checks from position 1; the upper half's first position is
+    // checked against the lower half's end below, as one pass would have.
+    let parts = match (helper, last) {
+        (Some(helper), Some(last)) if last >= 2 * SPLIT_AT_LEAST => {
+            let split = format::position_key(last / 2 + 1);
+            let (lower, upper) = std::thread::scope(|scope| {
+                let checked = &checked;
+                let upper = scope.spawn(move || {
+                    let range = (Bound::Included(&split[..]), Bound::Unbounded);
+                    let tick = || {
+                        checked.fetch_add(TICK, Ordering::Relaxed);
+                    };
+                    check_log(&helper, dbs, range, None, indexed, tick)
+                });
+                let range = (Bound::Unbounded, Bound::Excluded(&split[..]));
+                let lower = check_log(txn, dbs, range, Some(1), indexed, &mut tick);
+                let upper = upper.join().unwrap_or_else(|_| {
+                    Err(Error::Internal(
+                        "the check of the upper half of the log failed unexpectedly".into(),
+                    ))
+                });
+                (lower, upper)
+            });
+            vec![lower?, upper?]
+        }
+        _ => {
+            let range = (Bound::Unbounded, Bound::Unbounded);
+            vec![check_log(txn, dbs, range, Some(1), indexed, &mut tick)?]
+        }
+    };
+    let mut memberships = 0;
+    let mut expected = 1;
+    for (i, part) in parts.into_iter().enumerate() {
+        // The first part checked its own first position; a later one's follows the parts before.
+        if let Some(first) = part.first.filter(|&first| i > 0 && first != expected) {
             report.problem(format!(
-                "positions are not gapless: expected {expected}, found {position}"
+                "positions are not gapless: expected {expected}, found {first}"
             ));
         }
-        expected = position + 1;
-        if report.events % 100_000 == 0 {
-            progress(report.events);
+        report.events += part.report.events;
+        if part.report.events > 0 {
+            report.head = part.report.head;
+            expected = part.report.head + 1;
         }
-        let decoded = match format::decode_event(position, value) {
-            Ok(d) => d,
-            Err(e) => {
-                report.problem(e.message().to_string());
-                continue;
-            }
-        };
-        if decoded.tracked {
-            if let Err(e) = append_tracking(txn, dbs, position) {
-                report.problem(e.message().to_string());
-            }
-        }
-        if report.events % CACHE_SPAN == 0 {
-            cache.clear();
-        }
-        let event = &decoded.event;
-        let mut tags: Vec<&String> = event.tags.iter().collect();
-        tags.sort();
-        tags.dedup();
-        let keys = std::iter::once((Kind::EventType, &event.event_type))
-            .chain(tags.into_iter().map(|t| (Kind::Tag, t)));
-        for (kind, name) in keys {
-            if position <= indexed {
-                memberships += 1;
-            }
-            let kept = match kind {
-                Kind::EventType => type_ids.get(name.as_str()).copied(),
-                _ => None,
-            };
-            let id = match kept {
-                Some(id) => id,
-                None => {
-                    let id = intern::lookup(txn, dbs, kind, name)?;
-                    if kind == Kind::EventType && type_ids.len() < MAX_TYPES_KEPT {
-                        type_ids.insert(name.to_string(), id);
-                    }
-                    id
-                }
-            };
-            let Some(id) = id else {
-                report.problem(format!(
-                    "event at position {position}: {kind:?} {:?} has no intern entry",
-                    short(name)
-                ));
-                continue;
-            };
-            if position > indexed {
-                // Not indexed yet: an entry for it would be counted below and reported there.
-                continue;
-            }
-            let covered = matches!(cache.get(&(kind, id)), Some(Some((base, last, _))) if *base <= position && position <= *last);
-            if !covered {
-                match load_chunk_holding(txn, dbs, kind, id, position) {
-                    Ok(Some((base, offsets))) => {
-                        let last = base + offsets.max().unwrap_or(0) as u64;
-                        cache.insert((kind, id), Some((base, last, offsets)));
-                    }
-                    Ok(None) => {
-                        cache.insert((kind, id), None);
-                    }
-                    Err(e) => {
-                        report.problem(e.message().to_string());
-                        cache.insert((kind, id), None);
-                    }
-                }
-            }
-            let present = match cache.get(&(kind, id)) {
-                Some(Some((base, _, offsets))) => position
-                    .checked_sub(*base)
-                    .and_then(|offset| u32::try_from(offset).ok())
-                    .is_some_and(|offset| offsets.contains(offset)),
-                _ => false,
-            };
-            if !present {
-                report.problem(format!(
-                    "event at position {position} is missing from the index of {kind:?} {:?}",
-                    short(name)
-                ));
-            }
-        }
+        report.problem_count += part.report.problem_count;
+        let room = MAX_LISTED.saturating_sub(report.problems.len());
+        report
+            .problems
+            .extend(part.report.problems.into_iter().take(room));
+        memberships += part.memberships;
     }
     let mut indexed_positions: u64 = 0;
     let mut previous_full: Option<(u8, u32)> = None;
@@ -249,6 +227,138 @@ pub(crate) fn check(txn: &RoTxn, dbs: &Dbs, mut progress: impl FnMut(u64)) -> Re
         ));
     }
     Ok(report)
+}
+
+/// What the check of a part of the log found.
+#[derive(Default)]
+struct LogPart {
+    /// Its events, its last position, its problems.
+    report: CheckReport,
+    /// The first position in it.
+    first: Option<Position>,
+    /// (type or tag, position) pairs of its indexed events.
+    memberships: u64,
+}
+
+/// Checks the events whose keys lie in `range`: each record, gaplessness from the first
+/// (which must be `expected`, when given), and each indexed event's presence in the indexes.
+/// `tick` is called every [`TICK`] events.
+fn check_log(
+    txn: &RoTxn,
+    dbs: &Dbs,
+    range: (Bound<&[u8]>, Bound<&[u8]>),
+    mut expected: Option<Position>,
+    indexed: Position,
+    mut tick: impl FnMut(),
+) -> Result<LogPart> {
+    let mut part = LogPart::default();
+    let report = &mut part.report;
+    let mut cache: HashMap<(Kind, u32), Option<CachedChunk>> = HashMap::new();
+    // Event types are few, and every event names one: each is looked up once.
+    let mut type_ids: HashMap<String, Option<u32>> = HashMap::new();
+    for entry in dbs.events.range(txn, &range).map_err(storage_error)? {
+        let (key, value) = entry.map_err(storage_error)?;
+        let position = match format::decode_position_key(key) {
+            Ok(p) => p,
+            Err(e) => {
+                report.problem(e.message().to_string());
+                continue;
+            }
+        };
+        report.events += 1;
+        report.head = position;
+        part.first.get_or_insert(position);
+        if let Some(expected) = expected.filter(|&e| e != position) {
+            report.problem(format!(
+                "positions are not gapless: expected {expected}, found {position}"
+            ));
+        }
+        expected = Some(position + 1);
+        if report.events % TICK == 0 {
+            tick();
+        }
+        let decoded = match format::decode_event(position, value) {
+            Ok(d) => d,
+            Err(e) => {
+                report.problem(e.message().to_string());
+                continue;
+            }
+        };
+        if decoded.tracked {
+            if let Err(e) = append_tracking(txn, dbs, position) {
+                report.problem(e.message().to_string());
+            }
+        }
+        if report.events % CACHE_SPAN == 0 {
+            cache.clear();
+        }
+        let event = &decoded.event;
+        let mut tags: Vec<&String> = event.tags.iter().collect();
+        tags.sort();
+        tags.dedup();
+        let keys = std::iter::once((Kind::EventType, &event.event_type))
+            .chain(tags.into_iter().map(|t| (Kind::Tag, t)));
+        for (kind, name) in keys {
+            if position <= indexed {
+                part.memberships += 1;
+            }
+            let kept = match kind {
+                Kind::EventType => type_ids.get(name.as_str()).copied(),
+                _ => None,
+            };
+            let id = match kept {
+                Some(id) => id,
+                None => {
+                    let id = intern::lookup(txn, dbs, kind, name)?;
+                    if kind == Kind::EventType && type_ids.len() < MAX_TYPES_KEPT {
+                        type_ids.insert(name.to_string(), id);
+                    }
+                    id
+                }
+            };
+            let Some(id) = id else {
+                report.problem(format!(
+                    "event at position {position}: {kind:?} {:?} has no intern entry",
+                    short(name)
+                ));
+                continue;
+            };
+            if position > indexed {
+                // Not indexed yet: an entry for it would be counted below and reported there.
+                continue;
+            }
+            let covered = matches!(cache.get(&(kind, id)), Some(Some((base, last, _))) if *base <= position && position <= *last);
+            if !covered {
+                match load_chunk_holding(txn, dbs, kind, id, position) {
+                    Ok(Some((base, offsets))) => {
+                        let last = base + offsets.max().unwrap_or(0) as u64;
+                        cache.insert((kind, id), Some((base, last, offsets)));
+                    }
+                    Ok(None) => {
+                        cache.insert((kind, id), None);
+                    }
+                    Err(e) => {
+                        report.problem(e.message().to_string());
+                        cache.insert((kind, id), None);
+                    }
+                }
+            }
+            let present = match cache.get(&(kind, id)) {
+                Some(Some((base, _, offsets))) => position
+                    .checked_sub(*base)
+                    .and_then(|offset| u32::try_from(offset).ok())
+                    .is_some_and(|offset| offsets.contains(offset)),
+                _ => false,
+            };
+            if !present {
+                report.problem(format!(
+                    "event at position {position} is missing from the index of {kind:?} {:?}",
+                    short(name)
+                ));
+            }
+        }
+    }
+    Ok(part)
 }
 
 /// Checks that the full chunks of a key all come before its open chunk, and that the open
