@@ -137,7 +137,7 @@ pub(crate) fn check(
         report.events += part.report.events;
         if part.report.events > 0 {
             report.head = part.report.head;
-            expected = part.report.head + 1;
+            expected = part.report.head.saturating_add(1);
         }
         report.problem_count += part.report.problem_count;
         let room = MAX_LISTED.saturating_sub(report.problems.len());
@@ -273,7 +273,7 @@ fn check_log(
                 "positions are not gapless: expected {expected}, found {position}"
             ));
         }
-        expected = Some(position + 1);
+        expected = Some(position.saturating_add(1));
         if report.events % TICK == 0 {
             tick();
         }

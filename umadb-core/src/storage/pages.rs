@@ -114,7 +114,9 @@ pub fn verify(path: &Path, progress: Option<&ProgressReporter>) -> Result<PageSu
             return Err(walk.damaged(path));
         };
         walk.walk_all(&meta)?;
-        walk.report(walk.last_page + 1);
+        if walk.problem_count == 0 {
+            walk.report(walk.last_page + 1);
+        }
         let summary = PageSummary {
             pages: walk.pages,
             page_size: walk.page_size as u32,

@@ -88,6 +88,10 @@ struct Committed {
     durable: Result<()>,
 }
 
+/// Entries of an indexing commit the writer's buffer keeps room for after it, at most (the
+/// default index lag's worth, a few types and tags each).
+const KEPT_INDEX_KEYS: usize = 1 << 16;
+
 pub fn run(
     shared: Arc<Shared>,
     receiver: Receiver<Job>,
@@ -223,6 +227,9 @@ fn commit_group(
         keys.sort_unstable_by_key(|&(kind, id, position)| (kind as u8, id, position));
         keys.dedup();
         add_to_index(&mut txn, dbs, keys, &mut group.buf)?;
+        // A rare huge commit's entries are not kept for good (16 bytes each).
+        keys.clear();
+        keys.shrink_to(KEPT_INDEX_KEYS);
         dbs.meta
             .put(
                 &mut txn,
