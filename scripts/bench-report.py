@@ -206,6 +206,23 @@ an experiment, not a setting), the writers kept 11,827 and 13,324 events/s and t
 to 0.92M and 0.90M. In the trace with the yield, the writer's longest waits are behind the load
 generator's readers, which the server does not schedule.
 
+On a slower machine of the same kind (2026-12-03: 8 writers alone 5,289–7,416 events/s, 4
+readers alone 1.62–1.84M events/s), a system-wide profile (`perf record -a` over 2 s of each
+run) found the machine idle 13.7% of the time with the writers alone and 3.1% with the readers
+alone: each side alone keeps both cores busy, and three quarters of each would need about 1.37
+machines. Beside each other the writers got 4,236–5,207 events/s and the readers
+0.73–1.16M. Where the writers' time goes alone: the server's async threads 27% of the
+machine, the load generator's 27%, the writer thread 20% (mostly kernel: submitting the
+flushes' I/O, whose notifications to the virtual disk cost exits to the hypervisor), the block
+layer's worker 7% and the journal's thread 5%. A group costs two flushes, LMDB's and the
+journal's. As a bound on what one flush per group could give (an experiment, not durable:
+LMDB's flush at commit turned off, the journal's kept), the writers alone went from
+5,289–6,333 to 6,350–9,382 events/s in alternating runs (3 pairs) and their CPU time per event
+fell 27% (310 → 226 µs of machine time per event, server and load generator together, in one
+profiled pair). A cheaper write lowers the writers' share beside readers only while the writers
+alone wait on the disk with cores to spare, as on the faster machine above; where they keep
+the cores busy alone, they also go faster alone, and the ratio stays.
+
 | workload | command |
 |---|---|
 | append, 1 client | `umadb-bench --repeat 3 append --clients 1 --seconds {secs}` |
