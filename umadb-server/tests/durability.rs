@@ -115,6 +115,46 @@ async fn writer(
     done
 }
 
+/// An event's data in a bulk append: a group holding one has a journal record larger than the
+/// journal takes (8 MiB), so its commit is flushed in full instead of journaled.
+const BULK_BYTES: usize = 9 << 20;
+
+/// Appends single events of [`BULK_BYTES`] (at most three) until the connection breaks.
+async fn bulk_writer(addr: SocketAddr, cycle: u64, acked: Arc<AtomicUsize>) -> Vec<Acked> {
+    let mut done = Vec::new();
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+        return done;
+    };
+    let Ok(channel) = endpoint.connect().await else {
+        return done;
+    };
+    let mut client = DcbClient::new(channel).max_encoding_message_size(64 << 20);
+    for seq in 0..3u64 {
+        let own = format!("c{cycle}-bulk");
+        let fill = b'a' + (seq % 26) as u8;
+        let mut e = event("Bulk", &[&own], &vec![fill; BULK_BYTES]);
+        e.uuid = format!("{:08x}-0000-4000-8000-{:012x}", 0xb01c, cycle * 10 + seq);
+        let events = vec![e];
+        let request = v1::AppendRequest {
+            events: events.clone(),
+            condition: None,
+            tracking_info: None,
+        };
+        match client.append(request).await {
+            Ok(response) => {
+                done.push(Acked {
+                    last: response.into_inner().position,
+                    events,
+                    tracking: None,
+                });
+                acked.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(_) => break,
+        }
+    }
+    done
+}
+
 /// The generator of a randomised test: seeded from `UMADB_CRASH_SEED` if set, else `default`;
 /// the seed is printed so that a failing run can be repeated.
 fn seeded(test: &str, default: u64) -> Rng {
@@ -128,16 +168,62 @@ fn seeded(test: &str, default: u64) -> Rng {
 
 /// Runs [`WRITERS`] writers against `server` and kills it `delay_ms` after the first
 /// acknowledgement (a random moment once the load is going); what they had acknowledged.
-async fn load_until_killed(server: &mut Umadb, cycle: u64, delay_ms: u64) -> Vec<Acked> {
+/// When a loaded server is killed.
+enum Kill<'a> {
+    /// This many milliseconds after the first acknowledgement.
+    After(u64),
+    /// This many milliseconds after the first acknowledgement of a bulk append.
+    AfterBulk(u64),
+    /// As soon as the server's trace (`power/mod.rs`) at this path holds a bulk write: while
+    /// its commit's flush is most likely still going on.
+    AtBulkWrite(&'a Path),
+}
+
+/// With `bulk`, a further writer appends events of [`BULK_BYTES`] alongside.
+async fn load_until_killed(
+    server: &mut Umadb,
+    cycle: u64,
+    bulk: bool,
+    kill: Kill<'_>,
+) -> Vec<Acked> {
     let acked = Arc::new(AtomicUsize::new(0));
-    let writers: Vec<_> = (0..WRITERS)
+    let mut writers: Vec<_> = (0..WRITERS)
         .map(|w| tokio::spawn(writer(server.addr, cycle, w, acked.clone())))
         .collect();
+    let bulk_acked = Arc::new(AtomicUsize::new(0));
+    if bulk {
+        writers.push(tokio::spawn(bulk_writer(
+            server.addr,
+            cycle,
+            bulk_acked.clone(),
+        )));
+    }
     eventually("the first acknowledgement", || {
         acked.load(Ordering::SeqCst) > 0
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    match kill {
+        Kill::AtBulkWrite(trace) => {
+            // Polled often: the flush of a bulk commit lasts some milliseconds.
+            let traced = || std::fs::metadata(trace).map(|m| m.len()).unwrap_or(0);
+            let deadline = std::time::Instant::now() + WAIT;
+            while traced() <= BULK_BYTES as u64 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "timed out waiting for a bulk write in the trace"
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        Kill::After(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+        Kill::AfterBulk(ms) => {
+            eventually("a bulk acknowledgement", || {
+                bulk_acked.load(Ordering::SeqCst) > 0
+            })
+            .await;
+            tokio::time::sleep(Duration::from_millis(ms)).await
+        }
+    }
     server.kill();
     let mut done = Vec::new();
     for w in writers {
@@ -205,7 +291,8 @@ async fn crash_loop_of_sigkills_under_load_never_loses_or_damages_acknowledged_e
     for cycle in 0..CYCLES {
         let mut server = Umadb::spawn(&db, &[]);
         verify(&server, &acknowledged).await;
-        let done = load_until_killed(&mut server, cycle, 20 + rng.below(200)).await;
+        let done =
+            load_until_killed(&mut server, cycle, false, Kill::After(20 + rng.below(200))).await;
         eprintln!(
             "cycle {cycle}: {} appends acknowledged before SIGKILL",
             done.len()
@@ -235,6 +322,7 @@ async fn crash_loop_of_sigkills_under_load_never_loses_or_damages_acknowledged_e
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cuts_under_load_never_lose_or_damage_acknowledged_events() {
     const CUTS: u64 = 10;
+    const BULK_CUTS: u64 = 3;
     let dir = tempfile::tempdir().expect("tempdir");
     let recorder = power::build_recorder(dir.path());
     let db = dir.path().join("db");
@@ -254,12 +342,23 @@ async fn power_cuts_under_load_never_lose_or_damage_acknowledged_events() {
                 .env("UMADB_POWER_TRACE", &trace);
         })
         .unwrap_or_else(|log| panic!("umadb did not start under the recorder:\n{log}"));
-        let done = load_until_killed(&mut server, cut, 50 + rng.below(250)).await;
+        // The first cuts add bulk appends, too large for the journal: in the first the kill comes
+        // at a random moment after one was acknowledged, in the others during a bulk commit's
+        // flush.
+        let kill = match cut {
+            0 => Kill::AfterBulk(rng.below(100)),
+            1..BULK_CUTS => Kill::AtBulkWrite(&trace),
+            _ => Kill::After(50 + rng.below(250)),
+        };
+        let done = load_until_killed(&mut server, cut, cut < BULK_CUTS, kill).await;
         let (writes, flushes) = files.apply_trace(&trace);
         eprintln!(
-            "cut {cut}: {} appends acknowledged, {writes} writes and {flushes} flushes recorded, \
-             {} blocks not surely on disk",
+            "cut {cut}: {} appends acknowledged ({} bulk), {writes} writes and {flushes} \
+             flushes recorded, {} blocks not surely on disk",
             done.len(),
+            done.iter()
+                .filter(|a| a.events[0].event_type == "Bulk")
+                .count(),
             files.uncertain_blocks()
         );
         acknowledged.extend(done);
