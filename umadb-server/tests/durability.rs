@@ -313,6 +313,121 @@ async fn crash_loop_of_sigkills_under_load_never_loses_or_damages_acknowledged_e
     );
 }
 
+/// A temporary directory, the power-cut recorder built in it, and an empty store directory in
+/// it by its canonical path (the recorder matches the paths the server opens, which LMDB's are).
+fn recorded_store() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let recorder = power::build_recorder(dir.path());
+    let db = dir.path().join("db");
+    std::fs::create_dir_all(&db).expect("store directory");
+    let db = db.canonicalize().expect("canonical store path");
+    (dir, recorder, db)
+}
+
+/// The server on `db` with the recorder loaded, tracing into `trace`.
+fn spawn_recorded(db: &Path, recorder: &Path, trace: &Path, args: &[&str]) -> Umadb {
+    Umadb::try_spawn_with(db, args, |command| {
+        command
+            .env("LD_PRELOAD", recorder)
+            .env("UMADB_POWER_DIR", db)
+            .env("UMADB_POWER_TRACE", trace);
+    })
+    .unwrap_or_else(|log| panic!("umadb did not start under the recorder:\n{log}"))
+}
+
+/// A new store whose first append is too large for the journal, so that no journal file is
+/// created (whose creation flushes the directory): the data file's name must still be durable
+/// before the append is answered. The power goes just after the answer, and nothing that was
+/// not surely flushed reaches the disk, new names included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_store_keeps_its_first_append_through_a_power_cut_without_the_journal() {
+    let (dir, recorder, db) = recorded_store();
+    let mut files = power::Files::from_dir(&db);
+    let trace = dir.path().join("trace");
+    let mut server = spawn_recorded(&db, &recorder, &trace, &[]);
+    let mut client = server.client().await.max_encoding_message_size(64 << 20);
+    let events = vec![event("Bulk", &["first"], &vec![b'b'; BULK_BYTES])];
+    let last = client
+        .append(v1::AppendRequest {
+            events: events.clone(),
+            condition: None,
+            tracking_info: None,
+        })
+        .await
+        .expect("the first append")
+        .into_inner()
+        .position;
+    server.kill();
+    files.apply_trace(&trace);
+    assert!(
+        !dir.path().join("db/journal-0").exists() && !dir.path().join("db/journal-1").exists(),
+        "the append was journaled: the test no longer tests what it says"
+    );
+    let image = dir.path().join("cut");
+    files.power_cut(&image, |_| 0);
+    assert_check_clean(&image);
+    let server = Umadb::spawn(&image, &[]);
+    let acked = Acked {
+        last,
+        events,
+        tracking: None,
+    };
+    verify(&server, &[acked]).await;
+}
+
+/// `umadb backup` has flushed its copy, and the copy's name, when it returns: a power cut just
+/// after leaves the whole copy, though LMDB writes it past the page cache without flushing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_backup_survives_a_power_cut() {
+    let (dir, recorder, db) = recorded_store();
+    let server = Umadb::spawn(&db, &[]);
+    let mut client = server.client().await;
+    for n in 0..50u32 {
+        let data = n.to_le_bytes().repeat(100);
+        append(
+            &mut client,
+            common::append_request(vec![event("Saved", &[&format!("t{}", n % 7)], &data)]),
+        )
+        .await
+        .expect("append");
+    }
+    let (original, _) = read_all(&mut client, v1::ReadRequest::default())
+        .await
+        .expect("read the store");
+    let to = dir.path().join("backup");
+    std::fs::create_dir_all(&to).expect("backup directory");
+    let to = to.canonicalize().expect("canonical backup path");
+    let trace = dir.path().join("trace");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_umadb"))
+        .arg("backup")
+        .arg("--db-path")
+        .arg(&db)
+        .arg("--to")
+        .arg(&to)
+        .env("RUST_LOG", "warn")
+        .env("LD_PRELOAD", &recorder)
+        .env("UMADB_POWER_DIR", &to)
+        .env("UMADB_POWER_TRACE", &trace)
+        .output()
+        .expect("umadb backup runs");
+    assert!(
+        output.status.success(),
+        "umadb backup failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut files = power::Files::from_dir(&to);
+    let (writes, _) = files.apply_trace(&trace);
+    assert!(writes > 0, "the recorder saw none of the backup's writes");
+    let image = dir.path().join("cut");
+    files.power_cut(&image, |_| 0);
+    assert_check_clean(&image);
+    let copy = Umadb::spawn(&image, &[]);
+    let (copied, _) = read_all(&mut copy.client().await, v1::ReadRequest::default())
+        .await
+        .expect("read the copy");
+    assert_eq!(copied, original, "the copy after a power cut");
+}
+
 /// Power cuts under load: the crash loop's load on a server whose writes and flushes of the
 /// store's files are recorded; after each SIGKILL, states the disk could be in had the power
 /// gone at that moment are rebuilt from the record (each block not surely flushed in its
@@ -323,25 +438,14 @@ async fn crash_loop_of_sigkills_under_load_never_loses_or_damages_acknowledged_e
 async fn power_cuts_under_load_never_lose_or_damage_acknowledged_events() {
     const CUTS: u64 = 10;
     const BULK_CUTS: u64 = 3;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let recorder = power::build_recorder(dir.path());
-    let db = dir.path().join("db");
-    std::fs::create_dir_all(&db).expect("store directory");
-    // The recorder matches the paths the server opens, which LMDB's are canonical.
-    let db = db.canonicalize().expect("canonical store path");
+    let (dir, recorder, db) = recorded_store();
     let mut rng = seeded("power-cut", 0x90_c0de);
     let mut acknowledged: Vec<Acked> = Vec::new();
     let (mut images, mut replays, mut uncertain) = (0, 0, 0);
     for cut in 0..CUTS {
         let mut files = power::Files::from_dir(&db);
         let trace = dir.path().join(format!("trace-{cut}"));
-        let mut server = Umadb::try_spawn_with(&db, &["--index-lag", "40"], |command| {
-            command
-                .env("LD_PRELOAD", &recorder)
-                .env("UMADB_POWER_DIR", &db)
-                .env("UMADB_POWER_TRACE", &trace);
-        })
-        .unwrap_or_else(|log| panic!("umadb did not start under the recorder:\n{log}"));
+        let mut server = spawn_recorded(&db, &recorder, &trace, &["--index-lag", "40"]);
         // The first cuts add bulk appends, too large for the journal: in the first the kill comes
         // at a random moment after one was acknowledged, in the others during a bulk commit's
         // flush.

@@ -223,6 +223,7 @@ impl Store {
                 path.display()
             )));
         }
+        let new_dir = !path.exists();
         std::fs::create_dir_all(&path).map_err(|e| {
             Error::Io(format!(
                 "cannot create store directory {}: {e}",
@@ -303,6 +304,17 @@ impl Store {
         };
         // The opening transaction's meta page, and any earlier one a crash left unflushed.
         env.force_sync().map_err(|e| open_error(&path, e))?;
+        // The store's files, and a new store directory, are named in their directories durably
+        // before anything is appended: a file's own flush does not promise its name. (At every
+        // opening: a store created by a process that died before this line is not new now.)
+        dir_lock
+            .sync_all()
+            .map_err(|e| Error::Io(format!("cannot flush directory {}: {e}", path.display())))?;
+        if new_dir {
+            if let Some(parent) = path.parent() {
+                sync_directory(parent)?;
+            }
+        }
         // Shared from here on (waiting, if another process is applying a record, until it is done).
         dir_lock.lock_shared().map_err(lock_error)?;
         let head = {
@@ -516,13 +528,28 @@ impl Store {
                 to.display()
             )));
         }
+        let new_dir = !to.exists();
         std::fs::create_dir_all(to)
             .map_err(|e| Error::Io(format!("cannot create {}: {e}", to.display())))?;
+        let copy = to.join("data.mdb");
+        let failed = |e: String| Error::Io(format!("backup to {} failed: {e}", to.display()));
         self.shared
             .env
-            .copy_to_path(to.join("data.mdb"), heed::CompactionOption::Enabled)
-            .map(drop)
-            .map_err(|e| Error::Io(format!("backup to {} failed: {e}", to.display())))
+            .copy_to_path(&copy, heed::CompactionOption::Enabled)
+            .map_err(|e| failed(e.to_string()))?;
+        // LMDB writes the copy past the page cache (O_DIRECT) and never flushes it: neither the
+        // disk's cache nor the file's size and extents are on disk until it is flushed here,
+        // with the names of the file and of a new directory.
+        std::fs::File::open(&copy)
+            .and_then(|file| file.sync_all())
+            .map_err(|e| failed(e.to_string()))?;
+        sync_directory(to)?;
+        if new_dir {
+            if let Some(parent) = to.parent() {
+                sync_directory(parent)?;
+            }
+        }
+        Ok(())
     }
 
     /// Stops the writer after it has answered every queued append. Later appends fail.
@@ -803,6 +830,18 @@ pub(crate) fn indexed_head(txn: &RoTxn, dbs: &Dbs) -> Result<Position> {
             "the store is damaged: its meta database has no indexed head".into(),
         )),
     }
+}
+
+/// Flushes `dir`'s entries (`""`, the parent of a relative name, is the working directory).
+fn sync_directory(dir: &Path) -> Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::Io(format!("cannot flush directory {}: {e}", dir.display())))
 }
 
 fn open_error(path: &Path, e: heed::Error) -> Error {

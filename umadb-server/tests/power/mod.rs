@@ -6,11 +6,13 @@
 //! returned (or the write went through a descriptor opened with `O_DSYNC`). Writes after that
 //! are in the page cache only: when the power goes, the disk may hold any of the block's
 //! versions since its durable one, independently of every other block (the kernel writes dirty
-//! pages back in no particular order). [`Files::power_cut`] picks one version per block at
-//! random.
+//! pages back in no particular order). A file created during the trace is named durably only
+//! once a flush of the directory that started after its creation has returned; until then it
+//! may be missing altogether. [`Files::power_cut`] picks one version per block, and whether
+//! each such file is there.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -130,6 +132,11 @@ fn set_block(image: &mut Vec<u8>, block: usize, content: &[u8]) {
 #[derive(Clone, Default)]
 pub struct Files {
     files: HashMap<String, File>,
+    /// Files created whose names no flush of the directory has covered yet: a power cut may
+    /// leave them out (POSIX promises a new name only once its directory is flushed).
+    unnamed: HashSet<String>,
+    /// Directory flushes started and not yet returned: their id → the files unnamed then.
+    naming: HashMap<u64, Vec<String>>,
 }
 
 impl Files {
@@ -154,7 +161,10 @@ impl Files {
                 );
             }
         }
-        Files { files }
+        Files {
+            files,
+            ..Files::default()
+        }
     }
 
     /// Applies the trace at `path`; the number of writes and of flushes that returned in it.
@@ -173,11 +183,25 @@ impl Files {
             let (op, file) = (record[0], record[1]);
             let arg = u64::from_le_bytes(record[4..12].try_into().unwrap());
             let bytes = &record[12..];
-            if op == 1 {
-                let name = String::from_utf8_lossy(bytes).to_string();
-                self.files.entry(name.clone()).or_default();
-                names.insert(file, name);
-                continue;
+            match op {
+                1 => {
+                    let name = String::from_utf8_lossy(bytes).to_string();
+                    self.files.entry(name.clone()).or_default();
+                    names.insert(file, name);
+                    continue;
+                }
+                8 => {
+                    let unnamed = self.unnamed.iter().cloned().collect();
+                    self.naming.insert(arg, unnamed);
+                    continue;
+                }
+                9 => {
+                    for name in self.naming.remove(&arg).unwrap_or_default() {
+                        self.unnamed.remove(&name);
+                    }
+                    continue;
+                }
+                _ => {}
             }
             let name = names.get(&file).expect("a file named before its use");
             let state = self.files.get_mut(name).expect("a named file");
@@ -192,6 +216,9 @@ impl Files {
                     flushes += 1;
                 }
                 6 => state.truncate(arg as usize),
+                7 => {
+                    self.unnamed.insert(name.clone());
+                }
                 _ => panic!("unknown trace record {op}"),
             }
         }
@@ -204,13 +231,18 @@ impl Files {
     }
 
     /// Writes into `dir` one state the disk could be in after a power cut now: each uncertain
-    /// block in its durable version or one written since, picked with `pick(choices)`, which
-    /// returns an index below `choices` (0: the durable version).
+    /// block in its durable version or one written since, and each file whose name is not yet
+    /// durable there or not, picked with `pick(choices)`, which returns an index below `choices`
+    /// (0: the durable version, or the file left out).
     pub fn power_cut(&self, dir: &Path, mut pick: impl FnMut(usize) -> usize) {
         std::fs::create_dir_all(dir).expect("create the image directory");
         let mut names: Vec<&String> = self.files.keys().collect();
         names.sort();
         for name in names {
+            // A new name not yet flushed with its directory: there (1) or not (0).
+            if self.unnamed.contains(name) && pick(2) == 0 {
+                continue;
+            }
             let file = &self.files[name];
             let mut image = file.durable.clone();
             let mut blocks: Vec<_> = file.pending.iter().collect();

@@ -15,7 +15,9 @@
  * not interleave): u32 length of what follows, u8 op, u8 file, u16 zero, u64 argument, then the
  * op's bytes. Ops: 1 file name (bytes: the name; file: its number from now on), 2 write
  * (argument: offset; bytes: the data), 3 durable write (same), 4 flush starts, 5 flush
- * returned (argument: a number pairing the two), 6 truncate (argument: the new length).
+ * returned (argument: a number pairing the two), 6 truncate (argument: the new length),
+ * 7 the file was created by this open, 8 and 9 a flush of the directory itself starts and
+ * returned (file: 0; argument as for 4 and 5).
  * A record cut short by the process's death is ignored by the reader.
  */
 #define _GNU_SOURCE
@@ -36,9 +38,13 @@
 #define MAX_FILES 32
 
 enum { OP_NAME = 1, OP_WRITE = 2, OP_DURABLE_WRITE = 3, OP_FLUSH_START = 4, OP_FLUSH_END = 5,
-       OP_TRUNCATE = 6 };
+       OP_TRUNCATE = 6, OP_CREATE = 7, OP_DIR_FLUSH_START = 8, OP_DIR_FLUSH_END = 9 };
 
-/* File number + 1 of each descriptor (0: not watched); bit 8 set: opened with O_SYNC/O_DSYNC. */
+/* The watch of a descriptor of the directory itself. */
+#define DIRECTORY 0x200
+
+/* File number + 1 of each descriptor (0: not watched); bit 8 set: opened with O_SYNC/O_DSYNC;
+ * DIRECTORY: the directory. */
 static int watched[MAX_FD];
 static char names[MAX_FILES][256];
 static int name_count;
@@ -117,10 +123,22 @@ static void emit(int op, int file, uint64_t arg, const struct iovec *parts, int 
     if (done != (ssize_t)(4 + len)) abort();
 }
 
-/* Starts watching `fd` if `path` names a file directly in the directory. */
-static void opened(int fd, const char *path, int flags) {
+/* Whether `path` names nothing yet (checked before an open that may create it). */
+static int missing(const char *path, int flags) {
+    if (dir == NULL || !(flags & O_CREAT)) return 0;
+    struct stat st;
+    return stat(path, &st) != 0 && errno == ENOENT;
+}
+
+/* Starts watching `fd` if `path` names a file directly in the directory, or the directory. */
+static void opened(int fd, const char *path, int flags, int created) {
     if (dir == NULL || fd < 0 || fd >= MAX_FD || path == NULL) return;
-    if (strncmp(path, dir, dir_len) != 0 || path[dir_len] != '/') return;
+    if (strncmp(path, dir, dir_len) != 0) return;
+    if (path[dir_len] == '\0' || (path[dir_len] == '/' && path[dir_len + 1] == '\0')) {
+        __atomic_store_n(&watched[fd], DIRECTORY, __ATOMIC_SEQ_CST);
+        return;
+    }
+    if (path[dir_len] != '/') return;
     const char *name = path + dir_len + 1;
     if (strchr(name, '/') != NULL || strcmp(name, "lock.mdb") == 0 || strlen(name) >= 256) return;
     struct stat st;
@@ -138,6 +156,7 @@ static void opened(int fd, const char *path, int flags) {
         emit(OP_NAME, file, 0, &part, 1, part.iov_len);
     }
     pthread_mutex_unlock(&names_lock);
+    if (created) emit(OP_CREATE, file, 0, NULL, 0, 0);
     if (flags & O_TRUNC) emit(OP_TRUNCATE, file, 0, NULL, 0, 0);
     int sync = (flags & (O_SYNC | O_DSYNC)) ? 0x100 : 0;
     __atomic_store_n(&watched[fd], (file + 1) | sync, __ATOMIC_SEQ_CST);
@@ -149,7 +168,7 @@ static int watch_of(int fd) {
 }
 
 static void wrote(int watch, off_t offset, const struct iovec *parts, int count, ssize_t done) {
-    if (watch == 0 || done <= 0) return;
+    if (watch == 0 || watch == DIRECTORY || done <= 0) return;
     int op = (watch & 0x100) ? OP_DURABLE_WRITE : OP_WRITE;
     emit(op, (watch & 0xff) - 1, (uint64_t)offset, parts, count, (size_t)done);
 }
@@ -167,8 +186,9 @@ static void wrote(int watch, off_t offset, const struct iovec *parts, int count,
 #define OPEN(name, real) \
     int name(const char *path, int flags, ...) { \
         MODE_OF(flags) \
+        int created = missing(path, flags); \
         int fd = real(path, flags, mode); \
-        opened(fd, path, flags); \
+        opened(fd, path, flags, created); \
         return fd; \
     }
 
@@ -176,8 +196,9 @@ static void wrote(int watch, off_t offset, const struct iovec *parts, int count,
 #define OPENAT(name, real) \
     int name(int at, const char *path, int flags, ...) { \
         MODE_OF(flags) \
+        int created = path[0] == '/' && missing(path, flags); \
         int fd = real(at, path, flags, mode); \
-        if (path[0] == '/') opened(fd, path, flags); \
+        if (path[0] == '/') opened(fd, path, flags, created); \
         return fd; \
     }
 
@@ -231,11 +252,13 @@ ssize_t pwritev(int fd, const struct iovec *parts, int count, off_t offset) {
 static int flushed(int fd, int (*flush)(int)) {
     int watch = watch_of(fd);
     if (watch == 0) return flush(fd);
+    int directory = watch == DIRECTORY;
+    int file = directory ? 0 : (watch & 0xff) - 1;
     uint64_t id = __atomic_add_fetch(&flush_counter, 1, __ATOMIC_SEQ_CST);
-    emit(OP_FLUSH_START, (watch & 0xff) - 1, id, NULL, 0, 0);
+    emit(directory ? OP_DIR_FLUSH_START : OP_FLUSH_START, file, id, NULL, 0, 0);
     int rc = flush(fd);
     int saved = errno;
-    if (rc == 0) emit(OP_FLUSH_END, (watch & 0xff) - 1, id, NULL, 0, 0);
+    if (rc == 0) emit(directory ? OP_DIR_FLUSH_END : OP_FLUSH_END, file, id, NULL, 0, 0);
     errno = saved;
     return rc;
 }
@@ -247,7 +270,7 @@ int fdatasync(int fd) { return flushed(fd, real_fdatasync); }
 static int truncated(int fd, off_t length, int (*truncate)(int, off_t)) {
     int rc = truncate(fd, length);
     int watch = watch_of(fd);
-    if (rc == 0 && watch != 0) emit(OP_TRUNCATE, (watch & 0xff) - 1, (uint64_t)length, NULL, 0, 0);
+    if (rc == 0 && watch != 0 && watch != DIRECTORY) emit(OP_TRUNCATE, (watch & 0xff) - 1, (uint64_t)length, NULL, 0, 0);
     return rc;
 }
 
