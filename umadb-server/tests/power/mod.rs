@@ -1,7 +1,8 @@
 //! What a power cut could leave of a store's files, from a trace of the server's writes and
 //! flushes (recorded by `record.c`, loaded into the server with `LD_PRELOAD`).
 //!
-//! The files are modelled in blocks of [`BLOCK`] bytes, the unit a disk writes whole. A block's
+//! The files are modelled in blocks of [`BLOCK`] bytes, a disk sector, the unit a disk writes
+//! whole (a 4 KiB page may tear between its sectors when the power goes). A block's
 //! durable content is what it held when a flush of its file that started after the write
 //! returned (or the write went through a descriptor opened with `O_DSYNC`). Writes after that
 //! are in the page cache only: when the power goes, the disk may hold any of the block's
@@ -16,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub const BLOCK: usize = 4096;
+pub const BLOCK: usize = 512;
 
 /// Builds the recording library with the machine's C compiler into `dir`; its path.
 pub fn build_recorder(dir: &Path) -> PathBuf {
