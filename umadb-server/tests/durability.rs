@@ -335,6 +335,57 @@ fn spawn_recorded(db: &Path, recorder: &Path, trace: &Path, args: &[&str]) -> Um
     .unwrap_or_else(|log| panic!("umadb did not start under the recorder:\n{log}"))
 }
 
+/// `umadb check` on `image` (by its canonical path) under the recorder, tracing into `trace`:
+/// (exit code, stdout + stderr).
+fn check_recorded(image: &Path, recorder: &Path, trace: &Path) -> (Option<i32>, String) {
+    let image = image.canonicalize().expect("canonical image path");
+    let _ = std::fs::remove_file(trace);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_umadb"))
+        .arg("check")
+        .arg("--db-path")
+        .arg(&image)
+        .env("RUST_LOG", "warn")
+        .env("LD_PRELOAD", recorder)
+        .env("UMADB_POWER_DIR", &image)
+        .env("UMADB_POWER_TRACE", trace)
+        .output()
+        .expect("umadb check runs");
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code(), text)
+}
+
+/// After [`check_recorded`] opened a state (as `before` held it) and applied its journal,
+/// tracing into `trace`: two states a power cut at a random moment of that opening could have
+/// left, each to pass `umadb check` and hold every acknowledged append. How many were staged.
+async fn power_cuts_while_opening(
+    before: &power::Files,
+    trace: &Path,
+    work: &Path,
+    acknowledged: &[Acked],
+    rng: &mut Rng,
+) -> usize {
+    let records = power::Files::trace_records(trace);
+    for k in 0..2 {
+        let mut files = before.clone();
+        let at = rng.below(records as u64 + 1) as usize;
+        files.apply_trace_prefix(trace, at);
+        let state = work.join(format!("opening-cut-{k}"));
+        let _ = std::fs::remove_dir_all(&state);
+        files.power_cut(&state, |choices| rng.below(choices as u64) as usize);
+        let (code, text) = check(&state);
+        assert_eq!(
+            code,
+            Some(0),
+            "a power cut after {at} of the {records} records an opening traced: umadb check \
+             failed:\n{text}"
+        );
+        let server = Umadb::spawn(&state, &[]);
+        verify(&server, acknowledged).await;
+    }
+    2
+}
+
 /// A new store whose first append is too large for the journal, so that no journal file is
 /// created (whose creation flushes the directory): the data file's name must still be durable
 /// before the append is answered. The power goes just after the answer, and nothing that was
@@ -441,7 +492,7 @@ async fn power_cuts_under_load_never_lose_or_damage_acknowledged_events() {
     let (dir, recorder, db) = recorded_store();
     let mut rng = seeded("power-cut", 0x90_c0de);
     let mut acknowledged: Vec<Acked> = Vec::new();
-    let (mut images, mut replays, mut uncertain) = (0, 0, 0);
+    let (mut images, mut replays, mut uncertain, mut opening_cuts) = (0, 0, 0, 0);
     for cut in 0..CUTS {
         let mut files = power::Files::from_dir(&db);
         let trace = dir.path().join(format!("trace-{cut}"));
@@ -476,7 +527,15 @@ async fn power_cuts_under_load_never_lose_or_damage_acknowledged_events() {
                 "newest" => choices - 1,
                 _ => rng.below(choices as u64) as usize,
             });
-            let (code, text) = check(&image);
+            // The first random state is opened under the recorder, and power cuts during that
+            // opening are staged too when it applies the journal.
+            let opening = dir.path().join("opening-trace");
+            let before = (n == 2).then(|| power::Files::from_dir(&image));
+            let (code, text) = if n == 2 {
+                check_recorded(&image, &recorder, &opening)
+            } else {
+                check(&image)
+            };
             assert_eq!(
                 code,
                 Some(0),
@@ -484,6 +543,16 @@ async fn power_cuts_under_load_never_lose_or_damage_acknowledged_events() {
             );
             if text.contains("applied the journal record") {
                 replays += 1;
+                if let Some(before) = &before {
+                    opening_cuts += power_cuts_while_opening(
+                        before,
+                        &opening,
+                        dir.path(),
+                        &acknowledged,
+                        &mut rng,
+                    )
+                    .await;
+                }
             }
             let server = Umadb::spawn(&image, &[]);
             verify(&server, &acknowledged).await;
@@ -497,7 +566,8 @@ async fn power_cuts_under_load_never_lose_or_damage_acknowledged_events() {
     }
     eprintln!(
         "{images} power-cut images checked ({uncertain} uncertain blocks in all), {replays} of \
-         them needed the journal, {} acknowledged appends",
+         them needed the journal, {} acknowledged appends; {opening_cuts} cuts while an opening \
+         applied the journal",
         acknowledged.len()
     );
     assert!(
@@ -507,6 +577,10 @@ async fn power_cuts_under_load_never_lose_or_damage_acknowledged_events() {
     assert!(
         uncertain > 0,
         "no write was ever unflushed at a cut: nothing was tested"
+    );
+    assert!(
+        opening_cuts > 0,
+        "no opening under the recorder applied the journal: its cuts were never staged"
     );
 }
 

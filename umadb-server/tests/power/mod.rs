@@ -138,6 +138,8 @@ pub struct Files {
     unnamed: HashSet<String>,
     /// Directory flushes started and not yet returned: their id → the files unnamed then.
     naming: HashMap<u64, Vec<String>>,
+    /// Trace records applied by the last `apply_trace_prefix`.
+    records: usize,
 }
 
 impl Files {
@@ -170,16 +172,31 @@ impl Files {
 
     /// Applies the trace at `path`; the number of writes and of flushes that returned in it.
     pub fn apply_trace(&mut self, path: &Path) -> (usize, usize) {
+        self.apply_trace_prefix(path, usize::MAX)
+    }
+
+    /// The whole records in the trace at `path`.
+    pub fn trace_records(path: &Path) -> usize {
+        let mut files = Files::default();
+        files.apply_trace_prefix(path, usize::MAX);
+        files.records
+    }
+
+    /// Applies the first `records` records of the trace at `path` (the files as a power cut at
+    /// that moment finds them); the number of writes and of flushes that returned among them.
+    pub fn apply_trace_prefix(&mut self, path: &Path, records: usize) -> (usize, usize) {
         let trace = std::fs::read(path).expect("read the trace");
         let mut names: HashMap<u8, String> = HashMap::new();
         let (mut writes, mut flushes) = (0, 0);
         let mut at = 0;
-        while at + 4 <= trace.len() {
+        self.records = 0;
+        while at + 4 <= trace.len() && self.records < records {
             let len = u32::from_le_bytes(trace[at..at + 4].try_into().unwrap()) as usize;
             let Some(record) = trace.get(at + 4..at + 4 + len) else {
                 break; // cut short by the kill
             };
             at += 4 + len;
+            self.records += 1;
             assert!(len >= 12, "a trace record too short to be one");
             let (op, file) = (record[0], record[1]);
             let arg = u64::from_le_bytes(record[4..12].try_into().unwrap());
