@@ -223,8 +223,7 @@ impl Store {
                 path.display()
             )));
         }
-        let new_dir = !path.exists();
-        std::fs::create_dir_all(&path).map_err(|e| {
+        create_directory(&path).map_err(|e| {
             Error::Io(format!(
                 "cannot create store directory {}: {e}",
                 path.display()
@@ -304,17 +303,12 @@ impl Store {
         };
         // The opening transaction's meta page, and any earlier one a crash left unflushed.
         env.force_sync().map_err(|e| open_error(&path, e))?;
-        // The store's files, and a new store directory, are named in their directories durably
-        // before anything is appended: a file's own flush does not promise its name. (At every
-        // opening: a store created by a process that died before this line is not new now.)
+        // The store's files are named in its directory durably before anything is appended: a
+        // file's own flush does not promise its name. (At every opening: a store created by a
+        // process that died before this line is not new now.)
         dir_lock
             .sync_all()
             .map_err(|e| Error::Io(format!("cannot flush directory {}: {e}", path.display())))?;
-        if new_dir {
-            if let Some(parent) = path.parent() {
-                sync_directory(parent)?;
-            }
-        }
         // Shared from here on (waiting, if another process is applying a record, until it is done).
         dir_lock.lock_shared().map_err(lock_error)?;
         let head = {
@@ -528,8 +522,7 @@ impl Store {
                 to.display()
             )));
         }
-        let new_dir = !to.exists();
-        std::fs::create_dir_all(to)
+        create_directory(to)
             .map_err(|e| Error::Io(format!("cannot create {}: {e}", to.display())))?;
         let copy = to.join("data.mdb");
         let failed = |e: String| Error::Io(format!("backup to {} failed: {e}", to.display()));
@@ -539,17 +532,11 @@ impl Store {
             .map_err(|e| failed(e.to_string()))?;
         // LMDB writes the copy past the page cache (O_DIRECT) and never flushes it: neither the
         // disk's cache nor the file's size and extents are on disk until it is flushed here,
-        // with the names of the file and of a new directory.
+        // with its name.
         std::fs::File::open(&copy)
             .and_then(|file| file.sync_all())
-            .map_err(|e| failed(e.to_string()))?;
-        sync_directory(to)?;
-        if new_dir {
-            if let Some(parent) = to.parent() {
-                sync_directory(parent)?;
-            }
-        }
-        Ok(())
+            .and_then(|()| sync_directory(to))
+            .map_err(|e| failed(e.to_string()))
     }
 
     /// Stops the writer after it has answered every queued append. Later appends fail.
@@ -833,15 +820,26 @@ pub(crate) fn indexed_head(txn: &RoTxn, dbs: &Dbs) -> Result<Position> {
 }
 
 /// Flushes `dir`'s entries (`""`, the parent of a relative name, is the working directory).
-fn sync_directory(dir: &Path) -> Result<()> {
+fn sync_directory(dir: &Path) -> std::io::Result<()> {
     let dir = if dir.as_os_str().is_empty() {
         Path::new(".")
     } else {
         dir
     };
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::Io(format!("cannot flush directory {}: {e}", dir.display())))
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` and any missing parents, each new name flushed into its parent.
+fn create_directory(dir: &Path) -> std::io::Result<()> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .collect();
+    std::fs::create_dir_all(dir)?;
+    for created in missing {
+        sync_directory(created.parent().unwrap_or(Path::new("")))?;
+    }
+    Ok(())
 }
 
 fn open_error(path: &Path, e: heed::Error) -> Error {
