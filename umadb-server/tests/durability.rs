@@ -31,6 +31,12 @@ struct Acked {
     tracking: Option<(String, u64)>,
 }
 
+/// A client of the server at `addr`, or None if it cannot be reached (killed already).
+async fn connect(addr: SocketAddr) -> Option<DcbClient<tonic::transport::Channel>> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).ok()?;
+    Some(DcbClient::new(endpoint.connect().await.ok()?))
+}
+
 /// A writer appending in a loop until the connection breaks. Its appends rotate between
 /// unconditional, conditional (on a tag only this writer uses in this cycle, so the condition
 /// must always pass) and tracked (a position increasing across cycles).
@@ -41,13 +47,9 @@ async fn writer(
     acked: Arc<AtomicUsize>,
 ) -> Vec<Acked> {
     let mut done = Vec::new();
-    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+    let Some(mut client) = connect(addr).await else {
         return done;
     };
-    let Ok(channel) = endpoint.connect().await else {
-        return done;
-    };
-    let mut client = DcbClient::new(channel);
     let own = format!("c{cycle}-w{writer}");
     let source = format!("source-{writer}");
     let mut own_last: Option<u64> = None;
@@ -122,15 +124,12 @@ const BULK_BYTES: usize = 9 << 20;
 /// Appends single events of [`BULK_BYTES`] (at most three) until the connection breaks.
 async fn bulk_writer(addr: SocketAddr, cycle: u64, acked: Arc<AtomicUsize>) -> Vec<Acked> {
     let mut done = Vec::new();
-    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+    let Some(client) = connect(addr).await else {
         return done;
     };
-    let Ok(channel) = endpoint.connect().await else {
-        return done;
-    };
-    let mut client = DcbClient::new(channel).max_encoding_message_size(64 << 20);
+    let mut client = client.max_encoding_message_size(64 << 20);
+    let own = format!("c{cycle}-bulk");
     for seq in 0..3u64 {
-        let own = format!("c{cycle}-bulk");
         let fill = b'a' + (seq % 26) as u8;
         let mut e = event("Bulk", &[&own], &vec![fill; BULK_BYTES]);
         e.uuid = format!("{:08x}-0000-4000-8000-{:012x}", 0xb01c, cycle * 10 + seq);
@@ -166,8 +165,6 @@ fn seeded(test: &str, default: u64) -> Rng {
     Rng::new(seed)
 }
 
-/// Runs [`WRITERS`] writers against `server` and kills it `delay_ms` after the first
-/// acknowledgement (a random moment once the load is going); what they had acknowledged.
 /// When a loaded server is killed.
 enum Kill<'a> {
     /// This many milliseconds after the first acknowledgement.
@@ -179,7 +176,8 @@ enum Kill<'a> {
     AtBulkWrite(&'a Path),
 }
 
-/// With `bulk`, a further writer appends events of [`BULK_BYTES`] alongside.
+/// Runs [`WRITERS`] writers against `server` (with `bulk`, a further one appending events of
+/// [`BULK_BYTES`]) and kills it when `kill` says; what they had acknowledged.
 async fn load_until_killed(
     server: &mut Umadb,
     cycle: u64,
