@@ -47,8 +47,11 @@ struct File {
     current: Vec<u8>,
     /// Block number → its versions since the durable one, oldest first.
     pending: HashMap<usize, Vec<Vec<u8>>>,
-    /// Flushes started and not yet returned: their id → each pending block's version count at
-    /// the start (the versions a successful flush makes durable) and the file's length then.
+    /// Block number → how many of its versions were ever written, so that a flush can name the
+    /// versions it covers whatever other flushes made durable meanwhile.
+    written: HashMap<usize, usize>,
+    /// Flushes started and not yet returned: their id → each pending block's written count at
+    /// the start (versions up to it a successful flush makes durable) and the file's length then.
     flushing: HashMap<u64, (Vec<(usize, usize)>, usize)>,
 }
 
@@ -74,6 +77,7 @@ impl File {
         }
         for block in offset / BLOCK..=(end - 1) / BLOCK {
             let content = self.block(block);
+            *self.written.entry(block).or_default() += 1;
             if durable {
                 self.pending.remove(&block);
                 set_block(&mut self.durable, block, &content);
@@ -84,7 +88,11 @@ impl File {
     }
 
     fn flush_starts(&mut self, id: u64) {
-        let counts = self.pending.iter().map(|(&b, v)| (b, v.len())).collect();
+        let counts = self
+            .pending
+            .keys()
+            .map(|&b| (b, self.written[&b]))
+            .collect();
         self.flushing.insert(id, (counts, self.current.len()));
     }
 
@@ -92,12 +100,15 @@ impl File {
         let Some((counts, len)) = self.flushing.remove(&id) else {
             return;
         };
-        for (block, count) in counts {
+        for (block, covered) in counts {
             let Some(versions) = self.pending.get_mut(&block) else {
                 continue;
             };
-            // A block made durable since by an O_DSYNC write has fewer versions now.
-            let count = count.min(versions.len());
+            // The pending versions are the newest ones written; those the flush covers are the
+            // ones up to `covered` (fewer, or none, if another flush or an O_DSYNC write made
+            // some durable meanwhile).
+            let first_pending = self.written[&block] - versions.len();
+            let count = covered.saturating_sub(first_pending).min(versions.len());
             if count == 0 {
                 continue;
             }
