@@ -325,12 +325,24 @@ fn recorded_store() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBu
 /// The server on `db` with the recorder loaded, tracing into `trace`.
 fn spawn_recorded(db: &Path, recorder: &Path, trace: &Path, args: &[&str]) -> Umadb {
     Umadb::try_spawn_with(db, args, |command| {
-        command
-            .env("LD_PRELOAD", recorder)
-            .env("UMADB_POWER_DIR", db)
-            .env("UMADB_POWER_TRACE", trace);
+        power::record(command, recorder, db, trace);
     })
     .unwrap_or_else(|log| panic!("umadb did not start under the recorder:\n{log}"))
+}
+
+/// `umadb ARGS` (an admin command) with the recorder loaded, recording the files of `dir` into
+/// `trace`.
+fn umadb_recorded(
+    args: &[&std::ffi::OsStr],
+    recorder: &Path,
+    dir: &Path,
+    trace: &Path,
+) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_umadb"));
+    command.args(args).env("RUST_LOG", "warn");
+    power::record(&mut command, recorder, dir, trace)
+        .output()
+        .expect("umadb runs")
 }
 
 /// `umadb check` on `image` (by its canonical path) under the recorder, tracing into `trace`:
@@ -338,16 +350,12 @@ fn spawn_recorded(db: &Path, recorder: &Path, trace: &Path, args: &[&str]) -> Um
 fn check_recorded(image: &Path, recorder: &Path, trace: &Path) -> (Option<i32>, String) {
     let image = image.canonicalize().expect("canonical image path");
     let _ = std::fs::remove_file(trace);
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_umadb"))
-        .arg("check")
-        .arg("--db-path")
-        .arg(&image)
-        .env("RUST_LOG", "warn")
-        .env("LD_PRELOAD", recorder)
-        .env("UMADB_POWER_DIR", &image)
-        .env("UMADB_POWER_TRACE", trace)
-        .output()
-        .expect("umadb check runs");
+    let output = umadb_recorded(
+        &["check".as_ref(), "--db-path".as_ref(), image.as_os_str()],
+        recorder,
+        &image,
+        trace,
+    );
     let text = String::from_utf8_lossy(&output.stdout).to_string()
         + &String::from_utf8_lossy(&output.stderr);
     (output.status.code(), text)
@@ -447,18 +455,9 @@ async fn a_finished_backup_survives_a_power_cut() {
     std::fs::create_dir_all(&to).expect("backup directory");
     let to = to.canonicalize().expect("canonical backup path");
     let trace = dir.path().join("trace");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_umadb"))
-        .arg("backup")
-        .arg("--db-path")
-        .arg(&db)
-        .arg("--to")
-        .arg(&to)
-        .env("RUST_LOG", "warn")
-        .env("LD_PRELOAD", &recorder)
-        .env("UMADB_POWER_DIR", &to)
-        .env("UMADB_POWER_TRACE", &trace)
-        .output()
-        .expect("umadb backup runs");
+    let args = ["backup".as_ref(), "--db-path".as_ref(), db.as_os_str()];
+    let args = [&args[..], &["--to".as_ref(), to.as_os_str()]].concat();
+    let output = umadb_recorded(&args, &recorder, &to, &trace);
     assert!(
         output.status.success(),
         "umadb backup failed: {}",

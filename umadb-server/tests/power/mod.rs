@@ -39,6 +39,19 @@ pub fn build_recorder(dir: &Path) -> PathBuf {
     library
 }
 
+/// Loads the recorder at `recorder` into `command`, recording the files of `dir` into `trace`.
+pub fn record<'c>(
+    command: &'c mut Command,
+    recorder: &Path,
+    dir: &Path,
+    trace: &Path,
+) -> &'c mut Command {
+    command
+        .env("LD_PRELOAD", recorder)
+        .env("UMADB_POWER_DIR", dir)
+        .env("UMADB_POWER_TRACE", trace)
+}
+
 /// One file: what the disk surely holds, what the page cache holds, and each block's versions
 /// written since its durable one.
 #[derive(Clone, Default)]
