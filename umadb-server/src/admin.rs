@@ -109,9 +109,9 @@ fn check_here(db_path: &Path) -> ExitCode {
     }
     if let Some(replay) = store.journal_replay() {
         eprintln!(
-            "  applied the journal record of the last commit before a crash (transaction {}, {} \
+            "  applied again from the log the commits after its last checkpoint ({} records, {} \
              events after position {})",
-            replay.txn_id, replay.events, replay.head_before
+            replay.records, replay.events, replay.head_before
         );
     }
     match store.page_summary() {

@@ -212,11 +212,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     }
     if let Some(replay) = store.journal_replay() {
         tracing::warn!(
-            "{}: its last commit before the machine stopped (transaction {}, {} append \
-             requests, {} events after position {}) had not reached the data file; applied it \
-             again from the journal",
+            "{}: it was not closed cleanly; applied again the commits after its last \
+             checkpoint from its log ({} records, {} append requests, {} events after position \
+             {})",
             config.db_path.display(),
-            replay.txn_id,
+            replay.records,
             replay.requests,
             replay.events,
             replay.head_before

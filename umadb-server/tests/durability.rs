@@ -117,8 +117,8 @@ async fn writer(
     done
 }
 
-/// An event's data in a bulk append: a group holding one has a journal record larger than the
-/// journal takes (8 MiB), so its commit is flushed in full instead of journaled.
+/// An event's data in a bulk append: a group holding one has a log record larger than the
+/// log takes (8 MiB), so a checkpoint makes its commit durable instead of a record.
 const BULK_BYTES: usize = 9 << 20;
 
 /// Appends single events of [`BULK_BYTES`] (at most three) until the connection breaks.
@@ -361,7 +361,7 @@ fn check_recorded(image: &Path, recorder: &Path, trace: &Path) -> (Option<i32>, 
     (output.status.code(), text)
 }
 
-/// After [`check_recorded`] opened a state (as `before` held it) and applied its journal,
+/// After [`check_recorded`] opened a state (as `before` held it) and applied its log,
 /// tracing into `trace`: two states a power cut at a random moment of that opening could have
 /// left, each to pass `umadb check` and hold every acknowledged append. How many were staged.
 async fn power_cuts_while_opening(
@@ -392,12 +392,11 @@ async fn power_cuts_while_opening(
     2
 }
 
-/// A new store whose first append is too large for the journal, so that no journal file is
-/// created (whose creation flushes the directory): the data file's name must still be durable
-/// before the append is answered. The power goes just after the answer, and nothing that was
+/// A new store whose first append is too large for a log record, so that a checkpoint makes it
+/// durable: the data file's name must be durable before the append is answered. The power goes just after the answer, and nothing that was
 /// not surely flushed reaches the disk, new names included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_store_keeps_its_first_append_through_a_power_cut_without_the_journal() {
+async fn a_new_store_keeps_its_first_append_through_a_power_cut_without_a_log_record() {
     let (dir, recorder, db) = recorded_store();
     let mut files = power::Files::from_dir(&db);
     let trace = dir.path().join("trace");
@@ -416,10 +415,13 @@ async fn a_new_store_keeps_its_first_append_through_a_power_cut_without_the_jour
         .position;
     server.kill();
     files.apply_trace(&trace);
-    assert!(
-        !dir.path().join("db/journal-0").exists() && !dir.path().join("db/journal-1").exists(),
-        "the append was journaled: the test no longer tests what it says"
-    );
+    for name in ["log-0", "log-1"] {
+        let len = std::fs::metadata(dir.path().join("db").join(name)).map_or(0, |m| m.len());
+        assert!(
+            len < BULK_BYTES as u64,
+            "the append was recorded in {name}: the test no longer tests what it says"
+        );
+    }
     let image = dir.path().join("cut");
     files.power_cut(&image, |_| 0);
     assert_check_clean(&image);
@@ -494,7 +496,7 @@ async fn power_cuts_under_load_never_lose_or_damage_acknowledged_events() {
         let mut files = power::Files::from_dir(&db);
         let trace = dir.path().join(format!("trace-{cut}"));
         let mut server = spawn_recorded(&db, &recorder, &trace, &["--index-lag", "40"]);
-        // The first cuts add bulk appends, too large for the journal: in the first the kill comes
+        // The first cuts add bulk appends, too large for a log record: in the first the kill comes
         // at a random moment after one was acknowledged, in the others during a bulk commit's
         // flush.
         let kill = match cut {
@@ -525,7 +527,7 @@ async fn power_cuts_under_load_never_lose_or_damage_acknowledged_events() {
                 _ => rng.below(choices as u64) as usize,
             });
             // The first random state is opened under the recorder, and power cuts during that
-            // opening are staged too when it applies the journal.
+            // opening are staged too when it applies the log.
             let opening = dir.path().join("opening-trace");
             let before = (n == 2).then(|| power::Files::from_dir(&image));
             let (code, text) = if n == 2 {
@@ -538,7 +540,7 @@ async fn power_cuts_under_load_never_lose_or_damage_acknowledged_events() {
                 Some(0),
                 "cut {cut}, image {n} ({how} of the unflushed writes): umadb check failed:\n{text}"
             );
-            if text.contains("applied the journal record") {
+            if text.contains("applied again from the log") {
                 replays += 1;
                 if let Some(before) = &before {
                     opening_cuts += power_cuts_while_opening(
@@ -563,8 +565,8 @@ async fn power_cuts_under_load_never_lose_or_damage_acknowledged_events() {
     }
     eprintln!(
         "{images} power-cut images checked ({uncertain} uncertain blocks in all), {replays} of \
-         them needed the journal, {} acknowledged appends; {opening_cuts} cuts while an opening \
-         applied the journal",
+         them needed the log, {} acknowledged appends; {opening_cuts} cuts while an opening \
+         applied the log",
         acknowledged.len()
     );
     assert!(
@@ -577,7 +579,7 @@ async fn power_cuts_under_load_never_lose_or_damage_acknowledged_events() {
     );
     assert!(
         opening_cuts > 0,
-        "no opening under the recorder applied the journal: its cuts were never staged"
+        "no opening under the recorder applied the log: its cuts were never staged"
     );
 }
 
@@ -702,7 +704,7 @@ async fn backup_refuses_to_overwrite_an_existing_store() {
     assert_check_clean(&to);
 }
 
-/// Copies the store files of `from` that exist (`data.mdb` only, or with the journal files).
+/// Copies the store files of `from` that exist (`data.mdb` only, or with the log files).
 fn copy_store_files(from: &Path, to: &Path, names: &[&str]) {
     std::fs::create_dir_all(to).expect("store dir");
     for name in names {
@@ -712,12 +714,12 @@ fn copy_store_files(from: &Path, to: &Path, names: &[&str]) {
     }
 }
 
-/// A power cut right after an answered append, with that commit's meta page not yet on disk,
-/// staged on the files (as in `umadb-core/tests/journal.rs`): the data file as it was before the
-/// append, the journal files from after it. The server applies the commit again at start, says
+/// A power cut right after an answered append, with none of that commit's pages on disk, staged
+/// on the files (as in `umadb-core/tests/journal.rs`): the data file as it was before the
+/// append, the log files from after it. The server applies the commit again at start, says
 /// so in its log, and serves it; `umadb check` does the same and reports the store clean.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_answered_append_whose_meta_page_was_lost_is_applied_again_from_the_journal() {
+async fn an_answered_append_whose_pages_were_lost_is_applied_again_from_the_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("db");
     let staged = [dir.path().join("staged-1"), dir.path().join("staged-2")];
@@ -731,16 +733,18 @@ async fn an_answered_append_whose_meta_page_was_lost_is_applied_again_from_the_j
         copy_store_files(&db, copy, &["data.mdb"]);
     }
     {
-        let server = Umadb::spawn(&db, &[]);
+        // Killed after the answer: no clean close's checkpoint follows the record.
+        let mut server = Umadb::spawn(&db, &[]);
         let mut client = server.client().await;
         let request = common::append_request(vec![
             event("Answered", &["t"], b"2"),
             event("Answered", &["u"], b"3"),
         ]);
         assert_eq!(append(&mut client, request).await.expect("append"), 3);
+        server.kill();
     }
     for copy in &staged {
-        copy_store_files(&db, copy, &["journal-0", "journal-1"]);
+        copy_store_files(&db, copy, &["log-0", "log-1"]);
     }
 
     let server = Umadb::spawn(&staged[0], &[]);
@@ -763,7 +767,7 @@ async fn an_answered_append_whose_meta_page_was_lost_is_applied_again_from_the_j
     assert_eq!(positions(&tagged), vec![3]);
     let log = server.log();
     assert!(
-        log.contains("applied it again from the journal")
+        log.contains("applied again the commits after its last checkpoint")
             && log.contains("2 events after position 1"),
         "{log}"
     );
@@ -771,7 +775,7 @@ async fn an_answered_append_whose_meta_page_was_lost_is_applied_again_from_the_j
     let (code, report) = check(&staged[1]);
     assert_eq!(code, Some(0), "{report}");
     assert!(
-        report.contains("applied the journal record")
+        report.contains("applied again from the log")
             && report.contains("2 events after position 1"),
         "{report}"
     );

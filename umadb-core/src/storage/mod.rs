@@ -12,6 +12,7 @@ mod journal;
 mod pages;
 mod read;
 mod recent;
+mod wal;
 mod writer;
 
 pub use check::CheckReport;
@@ -27,6 +28,7 @@ use format::{Kind, FORMAT_MAGIC, META_FORMAT, META_INDEXED_HEAD};
 use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
 use std::ops::Bound;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -204,6 +206,8 @@ pub struct Store {
     upgraded_from: Option<u32>,
     /// The directory, locked shared while the store is open (see `open_with`).
     _dir_lock: std::fs::File,
+    /// The lock of the one process appending, if this is it (see `open_with`).
+    _writer_lock: std::fs::File,
     index_lag: u64,
     sender: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -229,31 +233,10 @@ impl Store {
                 path.display()
             ))
         })?;
-        let data_file = path.join("data.mdb");
-        let pages = if options.verify_pages && pages::LAYOUT_KNOWN && data_file.exists() {
-            Some(pages::verify(&data_file, options.progress.as_ref())?)
-        } else {
-            None
-        };
-        let mut env_options = EnvOpenOptions::new().read_txn_without_tls();
-        env_options
-            .map_size(options.map_size)
-            .max_dbs(8)
-            .max_readers(options.max_readers);
-        // SAFETY: NO_READ_AHEAD only changes madvise; NO_META_SYNC leaves the meta page of a
-        // commit to the next commit's flush, and the journal covers that commit until then
-        // (`journal.rs`). Every commit outside the writer's journaled groups is flushed in full
-        // with `force_sync`. The directory is ours alone (LMDB's lock file guards against a
-        // second process opening it incompatibly).
-        unsafe { env_options.flags(EnvFlags::NO_READ_AHEAD | EnvFlags::NO_META_SYNC) };
-        // SAFETY: heed requires that the same path is not opened twice in one process with
-        // different options; heed detects a second open and returns EnvAlreadyOpened.
-        let env = unsafe { env_options.open(&path) }.map_err(|e| open_error(&path, e))?;
-        let (dbs, upgraded_from) = open_databases(&env, &path, options.progress.as_ref())?;
         // Every process with the store open holds a shared lock on its directory. Only one that
-        // has it alone may apply a journal record: while another has it open, a record for the
-        // transaction after LMDB's last one is that process's commit that failed (and is being
-        // withdrawn), never a commit lost with the page cache.
+        // has it alone may bring the store back from a crash (see `recover` below): while
+        // another process has it open, the page cache they share holds every commit, and the
+        // pages of commits after the last checkpoint may be in use by that process's readers.
         let dir_lock = std::fs::File::open(&path).map_err(|e| {
             Error::Io(format!(
                 "cannot open store directory {}: {e}",
@@ -267,41 +250,121 @@ impl Store {
             Err(std::fs::TryLockError::WouldBlock) => false,
             Err(std::fs::TryLockError::Error(e)) => return Err(lock_error(e)),
         };
-        let records = if alone {
-            journal::read_records(&path).map_err(|e| {
-                Error::Io(format!(
-                    "cannot read the journal of {}: {e}",
+        // One process at a time appends (it keeps the log): the one holding this lock.
+        let writer_lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path.join(WRITER_LOCK))
+            .map_err(lock_error)?;
+        let appends = match writer_lock.try_lock() {
+            Ok(()) => true,
+            Err(std::fs::TryLockError::WouldBlock) if !alone => false,
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Io(format!(
+                    "cannot lock {}: held by a process that does not have the store open",
+                    path.join(WRITER_LOCK).display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(lock_error(e)),
+        };
+        let data_file = path.join("data.mdb");
+        let read_log = |e: std::io::Error| {
+            Error::Io(format!("cannot read the log of {}: {e}", path.display()))
+        };
+        // After a clean close the data file is taken as it is.
+        let recovery = if alone {
+            wal::recover(&path)
+                .map_err(read_log)?
+                .filter(|recovery| !recovery.closed)
+        } else {
+            None
+        };
+        if let Some(recovery) = &recovery {
+            if !data_file.exists() {
+                return Err(Error::Corruption(format!(
+                    "{}: the data file data.mdb is missing, but the log files beside it hold a \
+                     checkpoint; restore the data file, or remove log-0 and log-1 to start an \
+                     empty store",
                     path.display()
-                ))
-            })?
+                )));
+            }
+            // LMDB's meta pages of commits after the checkpoint may have reached the disk
+            // before their pages: LMDB opens at the checkpoint, and the log's records follow.
+            pages::restore_metas(&data_file, &recovery.meta, recovery.txn_id)?;
+        }
+        let pages = if options.verify_pages && pages::LAYOUT_KNOWN && data_file.exists() {
+            Some(pages::verify(&data_file, options.progress.as_ref())?)
+        } else {
+            None
+        };
+        let mut env_options = EnvOpenOptions::new().read_txn_without_tls();
+        env_options
+            .map_size(options.map_size)
+            .max_dbs(8)
+            .max_readers(options.max_readers);
+        // SAFETY: NO_READ_AHEAD only changes madvise. NO_SYNC leaves LMDB's file to the page
+        // cache between checkpoints: each group is durable by its log record, and opening
+        // brings the file back to the last checkpoint, whose pages the writer keeps from reuse
+        // (`wal.rs`). Every commit outside the writer's recorded groups is flushed with
+        // `force_sync`. LMDB's lock file guards against a second process opening it
+        // incompatibly.
+        unsafe { env_options.flags(EnvFlags::NO_READ_AHEAD | EnvFlags::NO_SYNC) };
+        // SAFETY: heed requires that the same path is not opened twice in one process with
+        // different options; heed detects a second open and returns EnvAlreadyOpened.
+        let env = unsafe { env_options.open(&path) }.map_err(|e| open_error(&path, e))?;
+        let (dbs, upgraded_from) = open_databases(&env, &path, options.progress.as_ref())?;
+        let legacy = if alone && recovery.is_none() {
+            journal::read_records(&path).map_err(read_log)?
         } else {
             Vec::new()
         };
-        let replayed = if records.is_empty() {
-            None
-        } else {
-            writer::replay(&env, &dbs, records, upgraded_from.is_some()).map_err(|e| match e {
-                // The record itself is at fault: it will never apply.
-                Error::Corruption(_) | Error::Integrity(_) | Error::InvalidArgument(_) => {
-                    Error::Corruption(format!(
-                        "{}: the journal record of the store's last commit cannot be applied \
-                         ({}); moving the files journal-0 and journal-1 out of the store opens \
-                         it without that commit",
+        let replayed = match &recovery {
+            Some(recovery) => {
+                let head = {
+                    let txn = env.read_txn().map_err(|e| open_error(&path, e))?;
+                    last_position(&txn, &dbs)?
+                };
+                if head != recovery.head {
+                    return Err(Error::Corruption(format!(
+                        "{}: at its log's checkpoint (transaction {}) the store ends at position \
+                         {head}, where the checkpoint says {}; the data file and the log files \
+                         do not belong together",
                         path.display(),
-                        e.message()
-                    ))
+                        recovery.txn_id,
+                        recovery.head
+                    )));
                 }
-                // The disk or the system (a full disk, say): the record is kept for next time.
-                _ => Error::Io(format!(
-                    "{}: the journal record of the store's last commit could not be applied \
-                     yet ({}); the store was not opened, and the record is kept: fix the cause \
-                     and open it again",
+                writer::replay_log(&env, &dbs, &recovery.records)
+            }
+            None if !legacy.is_empty() => {
+                writer::replay(&env, &dbs, legacy, upgraded_from.is_some())
+            }
+            None => Ok(None),
+        }
+        .map_err(|e| match e {
+            // The record itself is at fault: it will never apply.
+            Error::Corruption(_) | Error::Integrity(_) | Error::InvalidArgument(_) => {
+                Error::Corruption(format!(
+                    "{}: a record of the store's log, of commits before a crash, cannot be \
+                     applied ({}); moving the files log-0 and log-1 (or journal-0 and \
+                     journal-1) out of the store opens it without those commits",
                     path.display(),
                     e.message()
-                )),
-            })?
-        };
-        // The opening transaction's meta page, and any earlier one a crash left unflushed.
+                ))
+            }
+            // The disk or the system (a full disk, say): the records are kept for next time.
+            _ => Error::Io(format!(
+                "{}: the records of the store's log, of commits before a crash, could not be \
+                 applied yet ({}); the store was not opened, and the records are kept: fix the \
+                 cause and open it again",
+                path.display(),
+                e.message()
+            )),
+        })?;
+        // The opening's own commits (a new store, an upgrade).
         env.force_sync().map_err(|e| open_error(&path, e))?;
         // The store's files are named in its directory durably before anything is appended: a
         // file's own flush does not promise its name. (At every opening: a store created by a
@@ -313,10 +376,7 @@ impl Store {
         dir_lock.lock_shared().map_err(lock_error)?;
         let head = {
             let txn = env.read_txn().map_err(|e| open_error(&path, e))?;
-            let head = match dbs.events.last(&txn).map_err(|e| open_error(&path, e))? {
-                Some((key, _)) => format::decode_position_key(key)?,
-                None => 0,
-            };
+            let head = last_position(&txn, &dbs)?;
             // The log is gapless from 1, so it holds exactly `head` records. LMDB counts a
             // database's entries apart from its pages: a count that disagrees means damaged page
             // structure hides records, and appending from a wrong head would reuse positions.
@@ -337,6 +397,16 @@ impl Store {
             let txn = env.read_txn().map_err(|e| open_error(&path, e))?;
             writer::Tail::load(&txn, &dbs, head)
         };
+        // The first checkpoint comes before the first commit left to the page cache.
+        let log = if appends {
+            let last_epoch = wal::newest_epoch(&path).map_err(read_log)?.unwrap_or(0);
+            let mut log = writer::Log::new(&path, last_epoch)?;
+            log.checkpoint(&env, head)?;
+            remove_journal_files(&path)?;
+            Some(log)
+        } else {
+            None
+        };
         let shared = Arc::new(Shared {
             env,
             dbs,
@@ -354,13 +424,9 @@ impl Store {
         let writer_shared = shared.clone();
         let max_group = options.max_group.max(1);
         let index_lag = options.index_lag;
-        let journal = journal::Journal::start(&shared.path)
-            .map_err(|e| Error::Io(format!("cannot start the journal's thread: {e}")))?;
         let writer = std::thread::Builder::new()
             .name("umadb-writer".into())
-            .spawn(move || {
-                writer::run(writer_shared, receiver, max_group, index_lag, tail, journal)
-            })
+            .spawn(move || writer::run(writer_shared, receiver, max_group, index_lag, tail, log))
             .map_err(|e| Error::Io(format!("cannot start the writer thread: {e}")))?;
         Ok(Store {
             shared,
@@ -368,6 +434,7 @@ impl Store {
             replayed,
             upgraded_from,
             _dir_lock: dir_lock,
+            _writer_lock: writer_lock,
             index_lag,
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(writer)),
@@ -544,7 +611,7 @@ impl Store {
         lock(&self.sender).take();
         if let Some(writer) = lock(&self.writer).take() {
             let _ = writer.join();
-            // The last commit's meta page (the journal holds that commit until then).
+            // The writer's last checkpoint flushed every commit; a failed one is retried here.
             let _ = self.shared.env.force_sync();
         }
         self.shared.closed.store(true, Ordering::Release);
@@ -838,6 +905,34 @@ fn create_directory(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     for created in missing {
         sync_directory(created.parent().unwrap_or(Path::new("")))?;
+    }
+    Ok(())
+}
+
+/// The log's file that says one process is appending to the store (`flock`ed while it is open).
+const WRITER_LOCK: &str = "writer.lock";
+
+/// The last position of the log, 0 when it is empty.
+fn last_position(txn: &RoTxn, dbs: &Dbs) -> Result<Position> {
+    match dbs.events.last(txn).map_err(storage_error)? {
+        Some((key, _)) => format::decode_position_key(key),
+        None => Ok(0),
+    }
+}
+
+/// Removes the journal files a build before the log left, once a checkpoint made them stale.
+fn remove_journal_files(dir: &Path) -> Result<()> {
+    let mut removed = false;
+    for slot in 0..2 {
+        match std::fs::remove_file(journal::file_path(dir, slot)) {
+            Ok(()) => removed = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::Io(format!("cannot remove an old journal file: {e}"))),
+        }
+    }
+    if removed {
+        sync_directory(dir)
+            .map_err(|e| Error::Io(format!("cannot flush {}: {e}", dir.display())))?;
     }
     Ok(())
 }

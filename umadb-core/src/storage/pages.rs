@@ -142,6 +142,97 @@ pub fn verify(path: &Path, progress: Option<&ProgressReporter>) -> Result<PageSu
     }
 }
 
+/// Bytes of a meta page a checkpoint keeps (`wal.rs`): the page header and LMDB's meta.
+const META_COPY: usize = PAGE_HEADER + 136;
+/// Where a meta page holds its page size, and its transaction id.
+const META_PAGE_SIZE: usize = PAGE_HEADER + 24;
+const META_TXN_ID: usize = PAGE_HEADER + 32 + 2 * DB_RECORD;
+
+fn layout_known() -> Result<()> {
+    if LAYOUT_KNOWN {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(
+            "UmaDB's store needs a 64-bit little-endian build".into(),
+        ))
+    }
+}
+
+/// The meta page LMDB wrote for transaction `txn_id` into data file `file`, flushed: read back
+/// for a checkpoint.
+pub(crate) fn meta_page(file: &File, txn_id: u64) -> Result<Vec<u8>> {
+    layout_known()?;
+    let read = |offset: u64| {
+        let mut page = vec![0u8; META_COPY];
+        file.read_exact_at(&mut page, offset)
+            .map(|()| page)
+            .map_err(|e| Error::Io(format!("cannot read a meta page of the data file: {e}")))
+    };
+    let page_size = u32_at(&read(0)?, META_PAGE_SIZE) as u64;
+    let page = read((txn_id % 2) * page_size)?;
+    if u64_at(&page, META_TXN_ID) != txn_id || u32_at(&page, PAGE_HEADER) != META_MAGIC {
+        return Err(Error::Internal(format!(
+            "the data file's meta page for transaction {txn_id} holds transaction {}",
+            u64_at(&page, META_TXN_ID)
+        )));
+    }
+    Ok(page)
+}
+
+/// When a meta page of a commit after checkpoint `txn_id` reached data file `path`, writes the
+/// checkpoint's meta page `meta` into both meta slots (as `txn_id` in its own slot, as
+/// `txn_id - 1` in the other) and flushes them, so LMDB opens at the checkpoint. Refuses a data file
+/// whose meta pages are all older than the checkpoint: that is not the file the log was written
+/// beside (a backup restored into a directory that kept its old log files, say).
+pub(crate) fn restore_metas(path: &Path, meta: &[u8], txn_id: u64) -> Result<()> {
+    layout_known()?;
+    let io = |e: std::io::Error| Error::Io(format!("cannot restore {}: {e}", path.display()));
+    if meta.len() != META_COPY
+        || u32_at(meta, PAGE_HEADER) != META_MAGIC
+        || u64_at(meta, META_TXN_ID) != txn_id
+    {
+        return Err(Error::Corruption(format!(
+            "{}: the log's checkpoint does not hold a meta page of transaction {txn_id}",
+            path.display()
+        )));
+    }
+    let page_size = u32_at(meta, META_PAGE_SIZE) as u64;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io)?;
+    let mut newest = 0;
+    for slot in 0..2u64 {
+        let mut page = vec![0u8; META_COPY];
+        if file.read_exact_at(&mut page, slot * page_size).is_ok() {
+            newest = newest.max(u64_at(&page, META_TXN_ID));
+        }
+    }
+    if newest == txn_id {
+        // No meta page of a later commit reached the disk: LMDB opens at the checkpoint as it is.
+        return Ok(());
+    }
+    if newest < txn_id {
+        return Err(Error::Corruption(format!(
+            "{}: the data file ends at transaction {newest}, before the checkpoint of its log \
+             files (transaction {txn_id}); if a backup was restored here, remove the files \
+             log-0 and log-1 beside it",
+            path.display()
+        )));
+    }
+    for slot in 0..2u64 {
+        let mut page = meta.to_vec();
+        page[..8].copy_from_slice(&slot.to_le_bytes());
+        if slot != txn_id % 2 {
+            page[META_TXN_ID..META_TXN_ID + 8]
+                .copy_from_slice(&txn_id.saturating_sub(1).to_le_bytes());
+        }
+        file.write_all_at(&page, slot * page_size).map_err(io)?;
+    }
+    file.sync_data().map_err(io)
+}
+
 /// A database record (`MDB_db`).
 #[derive(Debug, Clone, Copy)]
 struct DbRecord {

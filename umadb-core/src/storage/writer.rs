@@ -2,11 +2,9 @@
 //!
 //! The writer takes every queued append request, applies each in order inside one write
 //! transaction (a request that fails its checks is rejected alone, before it writes anything),
-//! commits once — one flush of LMDB's file for the whole group, with the journal's beside it —
-//! and only then answers every caller and publishes the new head.
-//!
-//! The group's requests also go into a journal record, written before LMDB commits and flushed
-//! while it does; LMDB itself flushes once per commit (see `journal.rs`).
+//! commits once, writes the group's requests as one record to the log and flushes it — one flush
+//! for the whole group — and only then answers every caller and publishes the new head. LMDB's
+//! own file is flushed only at checkpoints (see `wal.rs`).
 //!
 //! The indexes may trail the log by up to `index_lag` events (see `StoreOptions::index_lag`):
 //! the writer keeps the type and tag ids of the events past the indexed head in memory
@@ -14,11 +12,12 @@
 //! behind. Until then, queries match those events on those ids (`eval::for_each_match`).
 
 use super::format::{self, Kind, INDEX_KEY_LEN, MAX_CHUNK_BYTES, MAX_POSITION};
-use super::journal::{self, Journal};
+use super::journal::{self, JournalReplay};
 use super::read::{matching_positions, stored_uuid};
 use super::recent::{EventKeys, Recent};
+use super::wal::{self, Wal};
 use super::{
-    chunk, eval, indexed_head, intern, storage_error, tracking_position, Dbs, Job, Shared,
+    chunk, eval, indexed_head, intern, pages, storage_error, tracking_position, Dbs, Job, Shared,
     WALK_LIMIT,
 };
 use crate::error::{Error, Result};
@@ -26,6 +25,7 @@ use crate::types::{AppendCondition, AppendRequest, Event, Position};
 use heed::types::Bytes;
 use heed::{Env, PutFlags, RoTxn, RwRevRange, RwTxn, WithoutTls};
 use roaring::RoaringBitmap;
+use std::fs::File;
 use std::ops::Bound;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -92,34 +92,98 @@ struct Committed {
 /// default index lag's worth, a few types and tags each).
 const KEPT_INDEX_KEYS: usize = 1 << 16;
 
+/// The writer's log (`wal.rs`) and the snapshot of its newest checkpoint, pinned.
+pub(crate) struct Log {
+    wal: Wal,
+    /// Keeps LMDB from reusing any page of the newest durable checkpoint.
+    pin: Option<RoTxn<'static, WithoutTls>>,
+    /// The data file, to read meta pages back from.
+    data: File,
+    /// Why appends are refused, once the log or a checkpoint failed: whether what followed
+    /// reached the disk is unknown, and only an opening sorts that out.
+    broken: Option<String>,
+}
+
+impl Log {
+    /// The log of the store in `dir`, whose newest epoch so far is `last_epoch`. Nothing is
+    /// recorded before its first [`Log::checkpoint`].
+    pub fn new(dir: &std::path::Path, last_epoch: u64) -> Result<Log> {
+        let data = File::open(dir.join("data.mdb"))
+            .map_err(|e| Error::Io(format!("cannot open the data file: {e}")))?;
+        Ok(Log {
+            wal: Wal::new(dir, last_epoch),
+            pin: None,
+            data,
+            broken: None,
+        })
+    }
+
+    /// Flushes LMDB's file and starts a new epoch of the log from its last commit, which
+    /// holds `head`; then pins that commit's snapshot in place of the one before.
+    pub fn checkpoint(&mut self, env: &Env<WithoutTls>, head: Position) -> Result<()> {
+        self.write_checkpoint(env, head, false)
+    }
+
+    fn write_checkpoint(
+        &mut self,
+        env: &Env<WithoutTls>,
+        head: Position,
+        closed: bool,
+    ) -> Result<()> {
+        let snapshot = env.clone().static_read_txn().map_err(storage_error)?;
+        let txn_id = snapshot.id() as u64;
+        env.force_sync().map_err(storage_error)?;
+        let meta = pages::meta_page(&self.data, txn_id)?;
+        self.wal
+            .start_epoch(txn_id, head, &meta, closed)
+            .map_err(|e| Error::Io(format!("cannot write a checkpoint to the log: {e}")))?;
+        self.pin = Some(snapshot);
+        Ok(())
+    }
+
+    /// A checkpoint whose failure refuses later appends.
+    fn checkpoint_or_break(&mut self, env: &Env<WithoutTls>, head: Position) -> Result<()> {
+        let done = self.checkpoint(env, head);
+        if let Err(e) = &done {
+            self.broken = Some(e.message().to_string());
+        }
+        done
+    }
+}
+
 pub fn run(
     shared: Arc<Shared>,
     receiver: Receiver<Job>,
     max_group: usize,
     index_lag: u64,
     tail: Result<Tail>,
-    mut journal: Journal,
+    log: Option<Log>,
 ) {
     let mut record = Vec::new();
     let mut index_keys = Vec::new();
-    let mut indexed_head = match tail {
-        Ok(tail) => {
-            shared.recent.extend(tail.indexed_head + 1, tail.events);
-            tail.indexed_head
-        }
-        Err(e) => {
-            // Appending would mean indexing events it cannot read: refuse every append.
-            let refusal = Error::Corruption(format!(
-                "appends are refused: the events past the indexed head cannot be indexed \
-                 ({}); run 'umadb check' on the store and restore it from a backup",
-                e.message()
-            ));
-            while let Ok(job) = receiver.recv() {
-                (job.reply)(Err(refusal.clone()));
-            }
-            return;
-        }
+    let refusal = match (&tail, &log) {
+        // Appending would mean indexing events it cannot read: refuse every append.
+        (Err(e), _) => Some(Error::Corruption(format!(
+            "appends are refused: the events past the indexed head cannot be indexed \
+             ({}); run 'umadb check' on the store and restore it from a backup",
+            e.message()
+        ))),
+        (_, None) => Some(Error::Io(
+            "appends are refused: another process has this store open for appending (a \
+             running server, say); append through it"
+                .into(),
+        )),
+        _ => None,
     };
+    let (Ok(tail), Some(mut log), None) = (tail, log, refusal.clone()) else {
+        let refusal = refusal.unwrap_or_else(|| Error::Internal("appends are refused".into()));
+        while let Ok(job) = receiver.recv() {
+            (job.reply)(Err(refusal.clone()));
+        }
+        return;
+    };
+    shared.recent.extend(tail.indexed_head + 1, tail.events);
+    let mut indexed_head = tail.indexed_head;
     while let Ok(first) = receiver.recv() {
         let mut jobs = vec![first];
         while jobs.len() < max_group {
@@ -135,7 +199,7 @@ pub fn run(
                 &jobs,
                 index_lag,
                 indexed_head,
-                &mut journal,
+                &mut log,
                 &mut record,
                 &mut index_keys,
             )
@@ -172,6 +236,9 @@ pub fn run(
                     };
                     (job.reply)(result);
                 }
+                if log.broken.is_none() && log.wal.has_records() && log.wal.due() {
+                    let _ = log.checkpoint_or_break(&shared.env, head);
+                }
             }
             Err(e) => {
                 for job in jobs {
@@ -179,6 +246,10 @@ pub fn run(
                 }
             }
         }
+    }
+    // Closing: the next opening finds nothing to apply, and takes the data file as it is.
+    if log.broken.is_none() {
+        let _ = log.write_checkpoint(&shared.env, shared.head.load(Ordering::Acquire), true);
     }
 }
 
@@ -189,10 +260,16 @@ fn commit_group(
     jobs: &[Job],
     index_lag: u64,
     indexed_head: Position,
-    journal: &mut Journal,
+    log: &mut Log,
     record: &mut Vec<u8>,
     index_keys: &mut Vec<(Kind, u32, Position)>,
 ) -> Result<(Vec<Result<Position>>, Committed)> {
+    if let Some(reason) = &log.broken {
+        return Err(Error::Io(format!(
+            "appends are refused since the store's log could not be written ({reason}); \
+             restart the server: opening the store brings it back to its last durable state"
+        )));
+    }
     let dbs = &shared.dbs;
     let mut txn = shared.env.write_txn().map_err(storage_error)?;
     let committed_head = shared.head.load(Ordering::Acquire);
@@ -238,36 +315,39 @@ fn commit_group(
             )
             .map_err(storage_error)?;
     }
-    let journaled = group.writes && !group.overflow;
+    let recorded = group.writes && !group.overflow;
     let txn_id = txn.id() as u64;
-    if journaled {
-        journal
+    if recorded {
+        // Written before the commit, so that a failure here leaves nothing written.
+        log.wal
             .write(&mut group.record, txn_id, committed_head)
-            .map_err(|e| Error::Io(format!("cannot write the journal: {e}")))?;
+            .map_err(|e| Error::Io(format!("cannot write the log: {e}")))?;
     }
     *record = std::mem::take(&mut group.record);
     if let Err(e) = commit(shared, txn) {
-        if journaled {
-            // The record must not be applied at the next opening: its group was not written.
-            let _ = journal.wait();
-            if let Err(withdraw) = journal.withdraw(txn_id) {
-                return Err(Error::Io(format!(
-                    "the commit failed ({e}) and its journal record could not be withdrawn \
-                     ({withdraw}); stop the server and move the store's journal files aside \
-                     before opening it again, or the failed group would be written then"
-                )));
+        // The record must not be applied at the next opening: its group was not written.
+        if recorded {
+            if let Err(withdraw) = log.wal.withdraw() {
+                log.broken = Some(format!(
+                    "a failed commit's log record could not be withdrawn: {withdraw}"
+                ));
             }
         }
         return Err(storage_error(e));
     }
-    let durable = if journaled {
-        journal.wait().or_else(|_| shared.env.force_sync())
-    } else if group.writes || indexed {
-        shared.env.force_sync()
+    let durable = if recorded {
+        log.wal.flush().map_err(|e| {
+            let message = format!("cannot flush the log: {e}");
+            log.broken = Some(message.clone());
+            Error::Io(message)
+        })
+    } else if group.writes {
+        // Too large for a record: a checkpoint makes it durable.
+        log.checkpoint_or_break(&shared.env, group.head)
     } else {
+        // Nothing, or only indexing, which opening redoes from the log if it is lost.
         Ok(())
-    }
-    .map_err(|e| Error::Io(e.to_string()));
+    };
     let committed = Committed {
         head: group.head,
         indexed,
@@ -294,9 +374,9 @@ fn commit(
     txn.commit()
 }
 
-/// Applies the journal record of the commit after the store's last one, if `records` hold it: a
-/// group that was answered, whose meta page a crash kept from the disk (see `journal.rs`).
-/// Says what it applied, if anything.
+/// Applies the journal record (of a build before the log) of the commit after the store's last
+/// one, if `records` hold it: a group that was answered, whose meta page a crash kept from the
+/// disk (see `journal.rs`). Says what it applied, if anything.
 ///
 /// `upgraded`: opening committed one transaction of its own first (a format upgrade), after
 /// the one the record would follow.
@@ -318,29 +398,78 @@ pub(crate) fn replay(
     else {
         return Ok(None);
     };
-    let requests = format::decode_journal_body(&record.body)?;
+    let (requests, after) = apply_record(&mut txn, dbs, head, &record.body)?;
+    txn.commit().map_err(storage_error)?;
+    env.force_sync().map_err(storage_error)?;
+    Ok(Some(JournalReplay {
+        records: 1,
+        requests,
+        events: after - head,
+        head_before: head,
+    }))
+}
+
+/// Applies the log's records after its checkpoint (`wal.rs`), in order, in one commit, flushed.
+/// Each must continue from the head the ones before it left.
+pub(crate) fn replay_log(
+    env: &Env<WithoutTls>,
+    dbs: &Dbs,
+    records: &[wal::Record],
+) -> Result<Option<JournalReplay>> {
+    if records.is_empty() {
+        return Ok(None);
+    }
+    let mut txn = env.write_txn().map_err(storage_error)?;
+    let start = match dbs.events.last(&txn).map_err(storage_error)? {
+        Some((key, _)) => format::decode_position_key(key)?,
+        None => 0,
+    };
+    let (mut head, mut requests) = (start, 0);
+    for record in records {
+        if record.head_before != head {
+            return Err(format::corrupt(format!(
+                "the log's record of transaction {} continues from position {}, but the store \
+                 and the records before it end at position {head}",
+                record.txn_id, record.head_before
+            )));
+        }
+        let (count, after) = apply_record(&mut txn, dbs, head, &record.body)?;
+        requests += count;
+        head = after;
+    }
+    txn.commit().map_err(storage_error)?;
+    env.force_sync().map_err(storage_error)?;
+    Ok(Some(JournalReplay {
+        records: records.len(),
+        requests,
+        events: head - start,
+        head_before: start,
+    }))
+}
+
+/// Writes the requests of a record's body onto `head`; returns how many and the head after.
+fn apply_record(
+    txn: &mut RwTxn,
+    dbs: &Dbs,
+    head: Position,
+    body: &[u8],
+) -> Result<(usize, Position)> {
+    let requests = format::decode_journal_body(body)?;
     let recent = Recent::default();
     let mut group = Group::new(dbs, &recent, head, Vec::new());
     for request in &requests {
-        match group.check(&txn, request)? {
+        match group.check(txn, request)? {
             Decision::Write => {
-                group.write(&mut txn, request)?;
+                group.write(txn, request)?;
             }
             Decision::AlreadyRecorded(_) => {
                 return Err(Error::Internal(
-                    "a journaled request without a condition was found already recorded".into(),
+                    "a recorded request without a condition was found already recorded".into(),
                 ))
             }
         }
     }
-    txn.commit().map_err(storage_error)?;
-    env.force_sync().map_err(storage_error)?;
-    Ok(Some(journal::JournalReplay {
-        txn_id: next,
-        requests: requests.len(),
-        events: group.head - head,
-        head_before: head,
-    }))
+    Ok((requests.len(), group.head))
 }
 
 enum Decision {
@@ -360,18 +489,18 @@ struct Group<'a> {
     /// Index entries of this group's events.
     keys: Vec<(Kind, u32, Position)>,
     buf: Vec<u8>,
-    /// The journal record of the requests written so far (`journal.rs`).
+    /// The log record of the requests written so far (`wal.rs`).
     record: Vec<u8>,
     /// Whether any request wrote something (events or tracking info).
     writes: bool,
-    /// Whether the record outgrew `journal::MAX_RECORD`: it is dropped, and the group's commit
-    /// is flushed in full instead.
+    /// Whether the record outgrew `wal::MAX_RECORD`: it is dropped, and a checkpoint makes the
+    /// group's commit durable instead.
     overflow: bool,
 }
 
 impl<'a> Group<'a> {
     fn new(dbs: &'a Dbs, recent: &'a Recent, head: Position, mut record: Vec<u8>) -> Self {
-        Journal::new_record(&mut record);
+        Wal::new_record(&mut record);
         Group {
             dbs,
             recent,
@@ -487,7 +616,7 @@ impl<'a> Group<'a> {
         let first = self.head + 1;
         let tracked = request.tracking_info.is_some() && !request.events.is_empty();
         let mut keyed: Vec<(Kind, &'a str, Position)> = Vec::new();
-        // Once the record has outgrown the journal it is dropped: nothing more goes into it.
+        // Once the record has outgrown the log it is dropped: nothing more goes into it.
         if !self.overflow {
             format::put_journal_request_start(&mut self.record, request.events.len());
         }
@@ -535,9 +664,9 @@ impl<'a> Group<'a> {
         self.head += request.events.len() as u64;
         if !self.overflow {
             format::put_journal_request_end(&mut self.record, request.tracking_info.as_ref());
-            if self.record.len() - journal::HEADER_LEN > journal::MAX_RECORD {
+            if self.record.len() - wal::HEADER_LEN > wal::MAX_RECORD {
                 self.overflow = true;
-                self.record.truncate(journal::HEADER_LEN);
+                self.record.truncate(wal::HEADER_LEN);
             }
         }
         if let Some(tracking) = &request.tracking_info {
@@ -791,7 +920,7 @@ impl DirtyChunk {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{journal, Store};
+    use super::super::{wal, Store};
     use crate::error::Error;
     use crate::types::{AppendRequest, Event, ReadRequest};
     use std::sync::atomic::Ordering;
@@ -813,12 +942,11 @@ mod tests {
             .collect()
     }
 
-    /// A group whose commit fails after its journal record was flushed is answered with the
-    /// error, and its record is withdrawn: otherwise the next opening would find a record for
-    /// the transaction after the store's last one, onto the store's head, and write the group
-    /// that its caller was told failed.
+    /// A group whose commit fails after its log record was written is answered with the
+    /// error, and its record is withdrawn: otherwise the next opening would apply it and write
+    /// the group its caller was told failed.
     #[test]
-    fn a_failed_commit_withdraws_its_journal_record() {
+    fn a_failed_commit_withdraws_its_log_record() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("db");
         let store = Store::open(&path).expect("open");
@@ -829,15 +957,14 @@ mod tests {
             other => panic!("the failed commit was answered {other:?}"),
         }
         assert_eq!(types(&store), ["First"]);
-        let next_txn = store.shared.env.read_txn().expect("read txn").id() as u64 + 1;
-        let records = journal::read_records(&path).expect("journal");
-        assert!(
-            records.iter().any(|r| r.txn_id == next_txn - 1),
-            "the first group was not journaled: {records:?}"
-        );
-        assert!(
-            records.iter().all(|r| r.txn_id != next_txn),
-            "the failed group's record is still in the journal"
+        let records = wal::recover(&path)
+            .expect("log")
+            .expect("checkpoint")
+            .records;
+        assert_eq!(
+            records.iter().map(|r| r.head_before).collect::<Vec<_>>(),
+            [0],
+            "the log holds the first group's record alone"
         );
         drop(store);
 
