@@ -400,7 +400,7 @@ impl Store {
         // The first checkpoint comes before the first commit left to the page cache.
         let log = if appends {
             let last_epoch = wal::newest_epoch(&path).map_err(read_log)?.unwrap_or(0);
-            let mut log = writer::Log::new(&path, last_epoch)?;
+            let mut log = writer::Log::start(&path, last_epoch, &env)?;
             log.checkpoint(&env, head)?;
             remove_journal_files(&path)?;
             Some(log)

@@ -38,10 +38,12 @@
 //! | 8..16         | epoch, u64 LE                                             |
 //! | 16..24        | LMDB transaction id of the checkpoint, u64 LE             |
 //! | 24..32        | the store's head at the checkpoint, u64 LE                |
-//! | 32..34        | length of the meta page bytes, u16 LE                     |
-//! | 34..36        | 1 if written by a clean close, else 0, u16 LE             |
-//! | 36..40        | crc32 of bytes 8..36 and the meta page bytes, u32 LE      |
-//! | 40..          | the checkpoint's meta page (page header and LMDB's meta)  |
+//! | 32..40        | where the previous epoch's records after the checkpoint   |
+//! |               | start in its file, u64 LE (0: none)                       |
+//! | 40..42        | length of the meta page bytes, u16 LE                     |
+//! | 42..44        | 1 if written by a clean close, else 0, u16 LE             |
+//! | 44..48        | crc32 of bytes 8..44 and the meta page bytes, u32 LE      |
+//! | 48..          | the checkpoint's meta page (page header and LMDB's meta)  |
 //!
 //! Records follow, back to back, each a [`HEADER_LEN`]-byte header and a body
 //! (`format::encode_journal_request`):
@@ -127,39 +129,47 @@ fn crc(fields: &[u8], body: &[u8]) -> u32 {
     hasher.finalize()
 }
 
-/// The intact header of a log file.
-struct Header {
-    epoch: u64,
-    txn_id: u64,
-    head: u64,
-    meta: Vec<u8>,
-    closed: bool,
+/// A checkpoint, as the header of its epoch's file holds it.
+pub(crate) struct Checkpoint {
+    pub epoch: u64,
+    /// LMDB's commit, flushed.
+    pub txn_id: u64,
+    /// The store's head at that commit.
+    pub head: u64,
+    /// Where the records of the epoch before that followed the commit start in their file
+    /// (recorded while the checkpoint was being made); 0 for none.
+    pub previous_from: u64,
+    /// The commit's meta page, as LMDB wrote it.
+    pub meta: Vec<u8>,
+    /// Written by a clean close.
+    pub closed: bool,
 }
 
-fn read_header(file: &File) -> io::Result<Option<Header>> {
+fn read_header(file: &File) -> io::Result<Option<Checkpoint>> {
     let len = file.metadata()?.len();
     if len < RECORDS_AT {
         return Ok(None);
     }
-    let mut header = vec![0u8; 40 + MAX_META];
+    let mut header = vec![0u8; 48 + MAX_META];
     file.read_exact_at(&mut header, 0)?;
     if &header[..8] != FILE_MAGIC {
         return Ok(None);
     }
-    let meta_len = u16_at(&header, 32) as usize;
+    let meta_len = u16_at(&header, 40) as usize;
     if meta_len > MAX_META {
         return Ok(None);
     }
-    let meta = &header[40..40 + meta_len];
-    if crc(&header[8..36], meta) != u32_at(&header, 36) {
+    let meta = &header[48..48 + meta_len];
+    if crc(&header[8..44], meta) != u32_at(&header, 44) {
         return Ok(None);
     }
-    Ok(Some(Header {
+    Ok(Some(Checkpoint {
         epoch: u64_at(&header, 8),
         txn_id: u64_at(&header, 16),
         head: u64_at(&header, 24),
         meta: meta.to_vec(),
-        closed: u16_at(&header, 34) == 1,
+        previous_from: u64_at(&header, 32),
+        closed: u16_at(&header, 42) == 1,
     }))
 }
 
@@ -193,19 +203,39 @@ pub(crate) fn recover(dir: &Path) -> io::Result<Option<Recovery>> {
     let Some(file) = open_existing(dir, epoch % 2)? else {
         return Ok(None);
     };
-    let Some(Header {
+    let Some(Checkpoint {
         txn_id,
         head,
         meta,
         closed,
+        previous_from,
         ..
     }) = read_header(&file)?
     else {
         return Ok(None);
     };
+    // Records of the epoch before, written while this checkpoint was being made, come first.
+    let mut records = match open_existing(dir, (epoch + 1) % 2)? {
+        Some(before) if epoch > 0 && previous_from >= RECORDS_AT => {
+            read_records(&before, epoch - 1, previous_from)?
+        }
+        _ => Vec::new(),
+    };
+    records.extend(read_records(&file, epoch, RECORDS_AT)?);
+    Ok(Some(Recovery {
+        txn_id,
+        head,
+        meta,
+        closed,
+        records,
+    }))
+}
+
+/// The records of `epoch` in `file` from offset `at` up to the first that is torn, of another
+/// epoch, or never written.
+fn read_records(file: &File, epoch: u64, mut at: u64) -> io::Result<Vec<Record>> {
     let len = file.metadata()?.len();
     let mut records = Vec::new();
-    let mut at = RECORDS_AT;
     let mut header = [0u8; HEADER_LEN];
     while at + HEADER_LEN as u64 <= len {
         file.read_exact_at(&mut header, at)?;
@@ -229,13 +259,67 @@ pub(crate) fn recover(dir: &Path) -> io::Result<Option<Recovery>> {
         });
         at = end;
     }
-    Ok(Some(Recovery {
+    Ok(records)
+}
+
+/// Writes `checkpoint` as the header of its epoch's file and flushes it. Returns the file, to
+/// record into.
+pub(crate) fn write_header(dir: &Path, checkpoint: &Checkpoint) -> io::Result<EpochFile> {
+    let Checkpoint {
+        epoch,
         txn_id,
         head,
-        meta,
+        ref meta,
         closed,
-        records,
-    }))
+        ..
+    } = *checkpoint;
+    if meta.len() > MAX_META {
+        return Err(io::Error::other("meta page copy too large"));
+    }
+    let (file, len) = open_file(dir, epoch % 2)?;
+    let mut header = vec![0u8; RECORDS_AT as usize];
+    header[..8].copy_from_slice(FILE_MAGIC);
+    header[8..16].copy_from_slice(&epoch.to_le_bytes());
+    header[16..24].copy_from_slice(&txn_id.to_le_bytes());
+    header[24..32].copy_from_slice(&head.to_le_bytes());
+    header[32..40].copy_from_slice(&checkpoint.previous_from.to_le_bytes());
+    header[40..42].copy_from_slice(&(meta.len() as u16).to_le_bytes());
+    header[42..44].copy_from_slice(&u16::from(closed).to_le_bytes());
+    header[48..48 + meta.len()].copy_from_slice(meta);
+    let sum = crc(&header[8..44], meta);
+    header[44..48].copy_from_slice(&sum.to_le_bytes());
+    file.write_all_at(&header, 0)?;
+    let mut slot = EpochFile {
+        epoch,
+        file,
+        len: len.max(RECORDS_AT),
+    };
+    slot.extend(MIN_FILE_LEN)?;
+    slot.file.sync_data()?;
+    Ok(slot)
+}
+
+/// A log file whose header for `epoch` is on disk.
+pub(crate) struct EpochFile {
+    epoch: u64,
+    file: File,
+    /// Its length: zeros past the records written.
+    len: u64,
+}
+
+impl EpochFile {
+    /// Extends the file to at least `needed` bytes with zeros, flushed with the new size now.
+    fn extend(&mut self, needed: u64) -> io::Result<()> {
+        if needed <= self.len {
+            return Ok(());
+        }
+        let target = needed.next_power_of_two().max(MIN_FILE_LEN);
+        let zeros = vec![0u8; (target - self.len) as usize];
+        self.file.write_all_at(&zeros, self.len)?;
+        self.file.sync_all()?;
+        self.len = target;
+        Ok(())
+    }
 }
 
 /// Opens (creating it, private like the data file) the log file of `slot`; a new file's name is
@@ -259,9 +343,9 @@ fn open_file(dir: &Path, slot: u64) -> io::Result<(File, u64)> {
 
 /// The writer's side of the log.
 pub(crate) struct Wal {
-    dir: PathBuf,
-    /// The current epoch's file and its length (zeros past `end`).
-    file: Option<(File, u64)>,
+    /// The current epoch's file.
+    file: Option<EpochFile>,
+    /// The newest epoch started, or to start from.
     epoch: u64,
     /// Where the next record goes.
     end: u64,
@@ -273,10 +357,9 @@ pub(crate) struct Wal {
 
 impl Wal {
     /// A log whose next checkpoint starts the epoch after `last_epoch`. Nothing may be recorded
-    /// before that first checkpoint ([`Wal::start_epoch`]).
-    pub fn new(dir: &Path, last_epoch: u64) -> Wal {
+    /// before that first checkpoint ([`Wal::switch`]).
+    pub fn new(last_epoch: u64) -> Wal {
         Wal {
-            dir: dir.to_path_buf(),
             file: None,
             epoch: last_epoch,
             end: RECORDS_AT,
@@ -291,40 +374,51 @@ impl Wal {
         buf.resize(HEADER_LEN, 0);
     }
 
-    /// Starts the next epoch from a checkpoint: LMDB's commit `txn_id`, flushed, holding `head`,
-    /// whose meta page is `meta`; `closed` marks a clean close's. Returns once the new header
-    /// is on disk.
-    pub fn start_epoch(
-        &mut self,
-        txn_id: u64,
-        head: u64,
-        meta: &[u8],
-        closed: bool,
-    ) -> io::Result<()> {
-        if meta.len() > MAX_META {
-            return Err(io::Error::other("meta page copy too large"));
+    /// The epoch the next checkpoint starts.
+    pub fn next_epoch(&self) -> u64 {
+        self.epoch + 1
+    }
+
+    /// Where the next record goes in the current epoch's file, for a checkpoint taken now: 0
+    /// when there is no such file.
+    pub fn end(&self) -> u64 {
+        if self.file.is_some() {
+            self.end
+        } else {
+            0
         }
-        let epoch = self.epoch + 1;
-        let (file, len) = open_file(&self.dir, epoch % 2)?;
-        let mut header = vec![0u8; RECORDS_AT as usize];
-        header[..8].copy_from_slice(FILE_MAGIC);
-        header[8..16].copy_from_slice(&epoch.to_le_bytes());
-        header[16..24].copy_from_slice(&txn_id.to_le_bytes());
-        header[24..32].copy_from_slice(&head.to_le_bytes());
-        header[32..34].copy_from_slice(&(meta.len() as u16).to_le_bytes());
-        header[34..36].copy_from_slice(&u16::from(closed).to_le_bytes());
-        header[40..40 + meta.len()].copy_from_slice(meta);
-        let sum = crc(&header[8..36], meta);
-        header[36..40].copy_from_slice(&sum.to_le_bytes());
-        file.write_all_at(&header, 0)?;
-        let mut slot = (file, len.max(RECORDS_AT));
-        extend(&mut slot, MIN_FILE_LEN)?;
-        slot.0.sync_data()?;
-        self.file = Some(slot);
-        self.epoch = epoch;
+    }
+
+    /// Records go to `file`, whose header (of the epoch after the current one) is on disk.
+    pub fn switch(&mut self, file: EpochFile) {
+        self.epoch = file.epoch;
+        self.file = Some(file);
         self.end = RECORDS_AT;
         self.pending = None;
         self.since = Instant::now();
+    }
+
+    /// Starts the next epoch from a checkpoint here and now (see [`write_header`]); the records
+    /// of the current epoch from `previous_from` on follow the checkpoint.
+    #[cfg(test)]
+    pub fn start_epoch(
+        &mut self,
+        dir: &Path,
+        txn_id: u64,
+        head: u64,
+        meta: &[u8],
+        previous_from: u64,
+    ) -> io::Result<()> {
+        let checkpoint = Checkpoint {
+            epoch: self.next_epoch(),
+            txn_id,
+            head,
+            previous_from,
+            meta: meta.to_vec(),
+            closed: false,
+        };
+        let file = write_header(dir, &checkpoint)?;
+        self.switch(file);
         Ok(())
     }
 
@@ -346,8 +440,8 @@ impl Wal {
         record[32..36].copy_from_slice(&(body_len as u32).to_le_bytes());
         let sum = crc(&record[8..36], &record[HEADER_LEN..]);
         record[36..40].copy_from_slice(&sum.to_le_bytes());
-        extend(slot, self.end + record.len() as u64)?;
-        slot.0.write_all_at(record, self.end)?;
+        slot.extend(self.end + record.len() as u64)?;
+        slot.file.write_all_at(record, self.end)?;
         self.pending = Some(record.len() as u64);
         Ok(())
     }
@@ -357,7 +451,7 @@ impl Wal {
         let Some(slot) = &self.file else {
             return Err(io::Error::other("the log has no checkpoint to follow"));
         };
-        slot.0.sync_data()?;
+        slot.file.sync_data()?;
         if let Some(len) = self.pending.take() {
             self.end += len;
         }
@@ -370,8 +464,8 @@ impl Wal {
         let (Some(slot), Some(_)) = (&self.file, self.pending.take()) else {
             return Ok(());
         };
-        slot.0.write_all_at(&[0; HEADER_LEN], self.end)?;
-        slot.0.sync_data()
+        slot.file.write_all_at(&[0; HEADER_LEN], self.end)?;
+        slot.file.sync_data()
     }
 
     /// Whether a checkpoint is due.
@@ -383,20 +477,6 @@ impl Wal {
     pub fn has_records(&self) -> bool {
         self.end > RECORDS_AT
     }
-}
-
-/// Extends `slot`'s file to at least `needed` bytes with zeros, flushed with the new size now.
-fn extend(slot: &mut (File, u64), needed: u64) -> io::Result<()> {
-    let (file, len) = slot;
-    if needed <= *len {
-        return Ok(());
-    }
-    let target = needed.next_power_of_two().max(MIN_FILE_LEN);
-    let zeros = vec![0u8; (target - *len) as usize];
-    file.write_all_at(&zeros, *len)?;
-    file.sync_all()?;
-    *len = target;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -424,10 +504,10 @@ mod tests {
     fn records_follow_the_newest_checkpoint_and_end_at_the_first_unflushed_or_stale_one() {
         let dir = tempfile::tempdir().expect("temp dir");
         assert!(recover(dir.path()).expect("recover").is_none());
-        let mut wal = Wal::new(dir.path(), 0);
+        let mut wal = Wal::new(0);
         // Nothing is recorded before a checkpoint.
         assert!(wal.write(&mut record(b"x"), 1, 0).is_err());
-        wal.start_epoch(5, 10, b"meta five", false)
+        wal.start_epoch(dir.path(), 5, 10, b"meta five", 0)
             .expect("epoch 1");
         for head in [10, 11, 13] {
             wal.write(&mut record(&[head as u8; 3]), head, head)
@@ -453,12 +533,12 @@ mod tests {
 
         // Epoch 2 goes to the other file; epoch 3 back to the first, whose old records (of
         // epoch 1) past the new ones are not taken for records of epoch 3.
-        wal.start_epoch(30, 30, b"meta thirty", false)
+        wal.start_epoch(dir.path(), 30, 30, b"meta thirty", 0)
             .expect("epoch 2");
         assert_eq!(heads(dir.path()), Vec::<u64>::new());
         wal.write(&mut record(b"z"), 31, 30).expect("write");
         wal.flush().expect("flush");
-        wal.start_epoch(40, 40, b"meta forty", false)
+        wal.start_epoch(dir.path(), 40, 40, b"meta forty", 0)
             .expect("epoch 3");
         wal.write(&mut record(b"w"), 41, 40).expect("write");
         wal.flush().expect("flush");
@@ -479,10 +559,33 @@ mod tests {
     }
 
     #[test]
+    fn records_written_while_a_checkpoint_was_made_come_before_its_epochs() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut wal = Wal::new(0);
+        wal.start_epoch(dir.path(), 1, 0, b"m1", 0)
+            .expect("epoch 1");
+        let mut from = 0;
+        for txn in 2..=5 {
+            if txn == 4 {
+                // The checkpoint of transaction 3 is taken here: 4 and 5 are recorded before
+                // its header is on disk, in the epoch before.
+                from = wal.end();
+            }
+            wal.write(&mut record(b"r"), txn, txn * 10).expect("write");
+            wal.flush().expect("flush");
+        }
+        wal.start_epoch(dir.path(), 3, 30, b"m3", from)
+            .expect("epoch 2");
+        wal.write(&mut record(b"r"), 6, 60).expect("write");
+        wal.flush().expect("flush");
+        assert_eq!(heads(dir.path()), [40, 50, 60]);
+    }
+
+    #[test]
     fn a_torn_record_ends_the_log() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut wal = Wal::new(dir.path(), 7);
-        wal.start_epoch(2, 0, b"m", false).expect("epoch");
+        let mut wal = Wal::new(7);
+        wal.start_epoch(dir.path(), 2, 0, b"m", 0).expect("epoch");
         for head in 0..3 {
             wal.write(&mut record(b"body"), head + 3, head)
                 .expect("write");

@@ -29,7 +29,7 @@ use std::fs::File;
 use std::ops::Bound;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -92,62 +92,166 @@ struct Committed {
 /// default index lag's worth, a few types and tags each).
 const KEPT_INDEX_KEYS: usize = 1 << 16;
 
-/// The writer's log (`wal.rs`) and the snapshot of its newest checkpoint, pinned.
+/// The writer's log (`wal.rs`), its checkpoints and the snapshots they pin.
+///
+/// A checkpoint is taken between two groups: the writer pins the last commit's snapshot and
+/// copies its meta page; the checkpoint thread flushes LMDB's file and writes the next epoch's
+/// header, while the writer goes on recording groups in the current epoch. Once the header is
+/// on disk the writer records into the new epoch and releases the snapshot of the checkpoint
+/// before. A group too large for a record, opening and closing wait for a checkpoint instead.
 pub(crate) struct Log {
     wal: Wal,
-    /// Keeps LMDB from reusing any page of the newest durable checkpoint.
+    /// The newest durable checkpoint's snapshot: LMDB reuses none of its pages.
     pin: Option<RoTxn<'static, WithoutTls>>,
-    /// The data file, to read meta pages back from.
+    /// The snapshot of the checkpoint being made, pinned as well.
+    in_flight: Option<RoTxn<'static, WithoutTls>>,
+    /// The data file, to copy meta pages from.
     data: File,
     /// Why appends are refused, once the log or a checkpoint failed: whether what followed
     /// reached the disk is unknown, and only an opening sorts that out.
     broken: Option<String>,
+    requests: Option<mpsc::SyncSender<wal::Checkpoint>>,
+    done: mpsc::Receiver<Result<wal::EpochFile>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Log {
-    /// The log of the store in `dir`, whose newest epoch so far is `last_epoch`. Nothing is
-    /// recorded before its first [`Log::checkpoint`].
-    pub fn new(dir: &std::path::Path, last_epoch: u64) -> Result<Log> {
+    /// The log of the store in `dir`, whose newest epoch so far is `last_epoch`, with its
+    /// checkpoint thread. Nothing is recorded before its first [`Log::checkpoint`].
+    pub fn start(dir: &std::path::Path, last_epoch: u64, env: &Env<WithoutTls>) -> Result<Log> {
         let data = File::open(dir.join("data.mdb"))
             .map_err(|e| Error::Io(format!("cannot open the data file: {e}")))?;
+        let (requests, received) = mpsc::sync_channel::<wal::Checkpoint>(1);
+        let (finished, done) = mpsc::sync_channel(1);
+        let env = env.clone();
+        let thread_dir = dir.to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("umadb-checkpoint".into())
+            .spawn(move || {
+                while let Ok(request) = received.recv() {
+                    let outcome = env.force_sync().map_err(storage_error).and_then(|()| {
+                        wal::write_header(&thread_dir, &request).map_err(|e| {
+                            Error::Io(format!("cannot write a checkpoint to the log: {e}"))
+                        })
+                    });
+                    if finished.send(outcome).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| Error::Io(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(Log {
-            wal: Wal::new(dir, last_epoch),
+            wal: Wal::new(last_epoch),
             pin: None,
+            in_flight: None,
             data,
             broken: None,
+            requests: Some(requests),
+            done,
+            thread: Some(thread),
         })
     }
 
-    /// Flushes LMDB's file and starts a new epoch of the log from its last commit, which
-    /// holds `head`; then pins that commit's snapshot in place of the one before.
+    /// A checkpoint of the last commit, which holds `head`, made here and now (after any in
+    /// flight).
     pub fn checkpoint(&mut self, env: &Env<WithoutTls>, head: Position) -> Result<()> {
-        self.write_checkpoint(env, head, false)
+        self.checkpoint_now(env, head, false)
     }
 
-    fn write_checkpoint(
+    fn checkpoint_now(
         &mut self,
         env: &Env<WithoutTls>,
         head: Position,
         closed: bool,
     ) -> Result<()> {
+        let done = self
+            .finish(true)
+            .and_then(|()| self.begin(env, head, closed))
+            .and_then(|()| self.finish(true));
+        self.note(done)
+    }
+
+    /// After a group (its record flushed): takes up a checkpoint the thread finished, and
+    /// starts the next when one is due.
+    fn after_group(&mut self, env: &Env<WithoutTls>, head: Position) {
+        if self.broken.is_some() {
+            return;
+        }
+        let finished = self.finish(false);
+        if self.note(finished).is_ok()
+            && self.in_flight.is_none()
+            && self.wal.has_records()
+            && self.wal.due()
+        {
+            let begun = self.begin(env, head, false);
+            let _ = self.note(begun);
+        }
+    }
+
+    /// Pins the last commit's snapshot and hands its checkpoint to the thread.
+    fn begin(&mut self, env: &Env<WithoutTls>, head: Position, closed: bool) -> Result<()> {
         let snapshot = env.clone().static_read_txn().map_err(storage_error)?;
         let txn_id = snapshot.id() as u64;
-        env.force_sync().map_err(storage_error)?;
+        // Between commits: the meta page LMDB wrote last is this snapshot's.
         let meta = pages::meta_page(&self.data, txn_id)?;
-        self.wal
-            .start_epoch(txn_id, head, &meta, closed)
-            .map_err(|e| Error::Io(format!("cannot write a checkpoint to the log: {e}")))?;
-        self.pin = Some(snapshot);
+        let request = wal::Checkpoint {
+            epoch: self.wal.next_epoch(),
+            txn_id,
+            head,
+            // The records after this point follow the commit: the writer goes on recording
+            // them here until the new epoch's header is on disk.
+            previous_from: self.wal.end(),
+            meta,
+            closed,
+        };
+        self.requests
+            .as_ref()
+            .ok_or_else(|| Error::Internal("the checkpoint thread is closed".into()))?
+            .send(request)
+            .map_err(|_| Error::Internal("the checkpoint thread stopped".into()))?;
+        self.in_flight = Some(snapshot);
         Ok(())
     }
 
-    /// A checkpoint whose failure refuses later appends.
-    fn checkpoint_or_break(&mut self, env: &Env<WithoutTls>, head: Position) -> Result<()> {
-        let done = self.checkpoint(env, head);
-        if let Err(e) = &done {
+    /// Takes the outcome of the checkpoint in flight, if any (waiting for it if `wait`): its
+    /// epoch takes the records from here on, and its snapshot the pin.
+    fn finish(&mut self, wait: bool) -> Result<()> {
+        if self.in_flight.is_none() {
+            return Ok(());
+        }
+        let outcome = if wait {
+            self.done.recv().map_err(|_| ())
+        } else {
+            match self.done.try_recv() {
+                Ok(outcome) => Ok(outcome),
+                Err(mpsc::TryRecvError::Empty) => return Ok(()),
+                Err(mpsc::TryRecvError::Disconnected) => Err(()),
+            }
+        }
+        .unwrap_or_else(|()| Err(Error::Internal("the checkpoint thread stopped".into())));
+        let snapshot = self.in_flight.take();
+        let file = outcome?;
+        self.wal.switch(file);
+        self.pin = snapshot;
+        Ok(())
+    }
+
+    /// A failed checkpoint refuses later appends.
+    fn note(&mut self, outcome: Result<()>) -> Result<()> {
+        if let Err(e) = &outcome {
             self.broken = Some(e.message().to_string());
         }
-        done
+        outcome
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        let _ = self.finish(true);
+        self.requests.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -236,9 +340,7 @@ pub fn run(
                     };
                     (job.reply)(result);
                 }
-                if log.broken.is_none() && log.wal.has_records() && log.wal.due() {
-                    let _ = log.checkpoint_or_break(&shared.env, head);
-                }
+                log.after_group(&shared.env, head);
             }
             Err(e) => {
                 for job in jobs {
@@ -249,7 +351,7 @@ pub fn run(
     }
     // Closing: the next opening finds nothing to apply, and takes the data file as it is.
     if log.broken.is_none() {
-        let _ = log.write_checkpoint(&shared.env, shared.head.load(Ordering::Acquire), true);
+        let _ = log.checkpoint_now(&shared.env, shared.head.load(Ordering::Acquire), true);
     }
 }
 
@@ -343,7 +445,7 @@ fn commit_group(
         })
     } else if group.writes {
         // Too large for a record: a checkpoint makes it durable.
-        log.checkpoint_or_break(&shared.env, group.head)
+        log.checkpoint(&shared.env, group.head)
     } else {
         // Nothing, or only indexing, which opening redoes from the log if it is lost.
         Ok(())
