@@ -59,6 +59,12 @@ pub struct StoreOptions {
     /// few MiB at the default), and more events read again at open. 0 indexes every commit's
     /// events at once.
     pub index_lag: u64,
+    /// How long the writer records groups in its log before a checkpoint flushes the data file
+    /// (`wal.rs`); one also comes after every MiB of records. Longer means fewer and larger
+    /// flushes of the data file, a longer log to apply after a crash, and the data file growing
+    /// by the pages the groups between two checkpoints replace (LMDB reuses them only after the
+    /// next one).
+    pub checkpoint_interval: Duration,
     /// Told how far the long steps of opening a large store have got (the page walk, a format
     /// upgrade), so that whoever opens it can say so while it waits. None by default.
     pub progress: Option<ProgressReporter>,
@@ -109,6 +115,7 @@ impl Default for StoreOptions {
             max_group: 1024,
             verify_pages: true,
             index_lag: DEFAULT_INDEX_LAG,
+            checkpoint_interval: wal::CHECKPOINT_INTERVAL,
             progress: None,
         }
     }
@@ -400,7 +407,7 @@ impl Store {
         // The first checkpoint comes before the first commit left to the page cache.
         let log = if appends {
             let last_epoch = wal::newest_epoch(&path).map_err(read_log)?.unwrap_or(0);
-            let mut log = writer::Log::start(&path, last_epoch, &env)?;
+            let mut log = writer::Log::start(&path, last_epoch, options.checkpoint_interval, &env)?;
             log.checkpoint(&env, head)?;
             remove_journal_files(&path)?;
             Some(log)

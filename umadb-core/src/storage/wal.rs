@@ -77,10 +77,11 @@ const MAX_META: usize = 1024;
 pub(crate) const MAX_RECORD: usize = 8 << 20;
 /// A log file grows in steps of this size (rounded up to a power of two).
 const MIN_FILE_LEN: u64 = 64 << 10;
-/// A checkpoint follows the first group answered this long after the last one...
-pub(crate) const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+/// A checkpoint follows the first group answered this long after the last one, by default
+/// (`StoreOptions::checkpoint_interval`)...
+pub(crate) const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 /// ... or once the current file holds this many bytes of records.
-pub(crate) const CHECKPOINT_BYTES: u64 = 4 << 20;
+pub(crate) const CHECKPOINT_BYTES: u64 = 1 << 20;
 
 /// The newest intact checkpoint of a store's log, and the records written after it.
 #[derive(Debug)]
@@ -353,13 +354,16 @@ pub(crate) struct Wal {
     pending: Option<u64>,
     /// When the current epoch started.
     since: Instant,
+    /// How long an epoch lasts, at most, before a checkpoint is due.
+    interval: Duration,
 }
 
 impl Wal {
     /// A log whose next checkpoint starts the epoch after `last_epoch`. Nothing may be recorded
     /// before that first checkpoint ([`Wal::switch`]).
-    pub fn new(last_epoch: u64) -> Wal {
+    pub fn new(last_epoch: u64, interval: Duration) -> Wal {
         Wal {
+            interval,
             file: None,
             epoch: last_epoch,
             end: RECORDS_AT,
@@ -470,7 +474,7 @@ impl Wal {
 
     /// Whether a checkpoint is due.
     pub fn due(&self) -> bool {
-        self.end - RECORDS_AT >= CHECKPOINT_BYTES || self.since.elapsed() >= CHECKPOINT_INTERVAL
+        self.end - RECORDS_AT >= CHECKPOINT_BYTES || self.since.elapsed() >= self.interval
     }
 
     /// Whether anything was recorded since the last checkpoint.
@@ -504,7 +508,7 @@ mod tests {
     fn records_follow_the_newest_checkpoint_and_end_at_the_first_unflushed_or_stale_one() {
         let dir = tempfile::tempdir().expect("temp dir");
         assert!(recover(dir.path()).expect("recover").is_none());
-        let mut wal = Wal::new(0);
+        let mut wal = Wal::new(0, CHECKPOINT_INTERVAL);
         // Nothing is recorded before a checkpoint.
         assert!(wal.write(&mut record(b"x"), 1, 0).is_err());
         wal.start_epoch(dir.path(), 5, 10, b"meta five", 0)
@@ -561,7 +565,7 @@ mod tests {
     #[test]
     fn records_written_while_a_checkpoint_was_made_come_before_its_epochs() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut wal = Wal::new(0);
+        let mut wal = Wal::new(0, CHECKPOINT_INTERVAL);
         wal.start_epoch(dir.path(), 1, 0, b"m1", 0)
             .expect("epoch 1");
         let mut from = 0;
@@ -584,7 +588,7 @@ mod tests {
     #[test]
     fn a_torn_record_ends_the_log() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut wal = Wal::new(7);
+        let mut wal = Wal::new(7, CHECKPOINT_INTERVAL);
         wal.start_epoch(dir.path(), 2, 0, b"m", 0).expect("epoch");
         for head in 0..3 {
             wal.write(&mut record(b"body"), head + 3, head)

@@ -118,7 +118,12 @@ pub(crate) struct Log {
 impl Log {
     /// The log of the store in `dir`, whose newest epoch so far is `last_epoch`, with its
     /// checkpoint thread. Nothing is recorded before its first [`Log::checkpoint`].
-    pub fn start(dir: &std::path::Path, last_epoch: u64, env: &Env<WithoutTls>) -> Result<Log> {
+    pub fn start(
+        dir: &std::path::Path,
+        last_epoch: u64,
+        interval: std::time::Duration,
+        env: &Env<WithoutTls>,
+    ) -> Result<Log> {
         let data = File::open(dir.join("data.mdb"))
             .map_err(|e| Error::Io(format!("cannot open the data file: {e}")))?;
         let (requests, received) = mpsc::sync_channel::<wal::Checkpoint>(1);
@@ -141,7 +146,7 @@ impl Log {
             })
             .map_err(|e| Error::Io(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(Log {
-            wal: Wal::new(last_epoch),
+            wal: Wal::new(last_epoch, interval),
             pin: None,
             in_flight: None,
             data,
@@ -1022,7 +1027,7 @@ impl DirtyChunk {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{wal, Store};
+    use super::super::{format, journal, wal, Store};
     use crate::error::Error;
     use crate::types::{AppendRequest, Event, ReadRequest};
     use std::sync::atomic::Ordering;
@@ -1077,6 +1082,52 @@ mod tests {
         assert_eq!(append(&store, "Second").expect("append after"), 2);
         drop(store);
         let store = Store::open(&path).expect("reopen again");
+        assert_eq!(types(&store), ["First", "Second"]);
+    }
+
+    /// A store that a build before the log left after a crash, with a journal record of its
+    /// last commit: the record is applied once, and the journal files go once a checkpoint has
+    /// made them stale.
+    #[test]
+    fn a_journal_record_of_a_build_before_the_log_is_applied_once_and_its_files_removed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("db");
+        append(&Store::open(&path).expect("open"), "First").expect("first append");
+        // That build wrote no log.
+        for slot in 0..2 {
+            std::fs::remove_file(wal::file_path(&path, slot)).unwrap_or(());
+        }
+        let next = {
+            // SAFETY: nothing else has the store open in this process.
+            let env = unsafe { heed::EnvOpenOptions::new().max_dbs(8).open(&path) }.expect("env");
+            let id = env.read_txn().expect("read txn").id() as u64;
+            env.prepare_for_closing().wait();
+            id + 1
+        };
+        let (mut body, mut record) = (Vec::new(), Vec::new());
+        format::put_journal_request_start(&mut body, 1);
+        format::encode_event(
+            &Event::new("Second", ["t"], b"Second".to_vec()),
+            false,
+            &mut record,
+        );
+        format::put_journal_event(&mut body, &record);
+        format::put_journal_request_end(&mut body, None);
+        journal::write_record(&path, next, 1, &body).expect("journal record");
+
+        let store = Store::open(&path).expect("open with the journal");
+        let replay = store.journal_replay().expect("a replay");
+        assert_eq!(
+            (replay.records, replay.events, replay.head_before),
+            (1, 1, 1)
+        );
+        assert_eq!(types(&store), ["First", "Second"]);
+        for slot in 0..2 {
+            assert!(!journal::file_path(&path, slot).exists());
+        }
+        drop(store);
+        let store = Store::open(&path).expect("reopen");
+        assert!(store.journal_replay().is_none());
         assert_eq!(types(&store), ["First", "Second"]);
     }
 }
