@@ -22,7 +22,7 @@ async fn fill(
     count: u64,
     marked: Option<(u64, &[u8])>,
 ) -> Vec<v1::SequencedEvent> {
-    let server = Umadb::spawn(db, args);
+    let mut server = Umadb::spawn(db, args);
     let mut client = server.client().await;
     let mut position = 0;
     while position < count {
@@ -46,6 +46,10 @@ async fn fill(
     let (events, _) = read_all(&mut client, v1::ReadRequest::default())
         .await
         .unwrap();
+    // Closed cleanly: the data file is then taken as it is, damage and all. (After a kill,
+    // opening would bring it back to the last checkpoint and apply the log's records again,
+    // rewriting the damaged record.)
+    server.stop();
     events
 }
 

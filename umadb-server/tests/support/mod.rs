@@ -106,6 +106,14 @@ impl Umadb {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM: the server closes its store cleanly (a last checkpoint, so the next opening
+    /// takes the data file as it is); waits for it to exit.
+    pub fn stop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid, which it keeps until we wait for it.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
