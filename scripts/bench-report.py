@@ -128,7 +128,16 @@ record, and the meta page goes to disk with the next commit's flush. Traced agai
 2026-12-02 (`append --clients 1 --seconds 3`, a machine whose probe gave 0.14 ms and 0.57 s), a
 commit still issued two flushes (14,660 for 7,330 commits) and about 6.6 writes, but the two
 flushes run side by side: an append took 0.39 ms at the median, against 0.46 ms for the build
-before the journal on the same machine (+14% appends/s, 4 alternating pairs).
+before the journal on the same machine (+14% appends/s, 4 alternating pairs). Since the log
+(2026-12-03; `umadb-core/DESIGN.md`, "The log"), a group's commit goes to the page cache and one
+flush, of its log record, makes it durable; LMDB's file is flushed at checkpoints, on a thread
+of their own, every 500 ms. Alternating runs of the builds with the journal and with the log on
+fresh copies of the 1M store, on a slower machine (2026-12-03, 4 pairs): 1 client
+(`append --clients 1 --seconds 3`) 1,134–1,417 events/s before, 1,510–2,103 with the log
+(medians 1,358 → 2,012, +48%; p50 0.70 → 0.45 ms); 8 clients 7,433–8,724 before, 8,428–11,271
+with it (+19% at the medians), p99 1.8–2.3 ms before and 2.3–3.0 ms with checkpoints every
+500 ms (3.3–4.9 ms every 100 ms: the checkpoint's flush of the data file holds up the log's
+flushes on the same disk while it runs).
 
 Many clients are bound by the CPU instead: the server and the load generator share its two
 cores. Profiled on that machine at 64 clients (2026-12-02), an append took about 70 µs of the
@@ -149,9 +158,11 @@ nothing, made {head['requests_per_sec']:,.0f} calls/s; 64 clients appending one 
 The store is prepopulated with 1,000,000 events (`umadb-bench prepopulate --events 1000000`):
 five event types, one tag per event out of 100,000 tags spread evenly over the log, ~100-byte
 payloads. Appends of the workloads below add to it, so later tag queries return a few more
-than 10 events each. The store's size on disk is the whole directory: since the journal it
-includes the two journal files, 1 MiB each after prepopulating (a request of 5,000 events makes
-a record of about 0.67 MB), about 2 of the bytes per event.
+than 10 events each. The store's size on disk is the whole directory: it includes the two log
+files, 2 MiB each after prepopulating (a checkpoint follows every MiB of records, and a request
+of 5,000 events makes a record of about 0.67 MB), about 4 of the bytes per event, and the data
+file's growth by the pages the groups between two checkpoints replace (LMDB reuses them only
+after the next checkpoint).
 
 A conditional request asks the server to fail it if an event with a tag of the request's own
 exists after the client's previous append. It never fails, and the server evaluates it in full.
@@ -222,6 +233,31 @@ fell 27% (310 → 226 µs of machine time per event, server and load generator t
 profiled pair). A cheaper write lowers the writers' share beside readers only while the writers
 alone wait on the disk with cores to spare, as on the faster machine above; where they keep
 the cores busy alone, they also go faster alone, and the ratio stays.
+
+One flush per group is what the log (2026-12-03) built. On the slower machine, alternating runs
+of the builds with the journal and with the log on fresh copies of the 1M store (3 rounds of
+`append --clients 8`, `read --clients 4`, `mixed --writers 8 --readers 4`, 3 s each): writers
+alone 6,708–9,276 events/s with the journal, 9,558–12,130 with the log; beside the readers
+5,448–6,871 and 7,082–8,191; readers alone 1.68–1.95M and 1.64–2.04M; beside the writers
+0.92–1.16M and 0.87–0.91M. At the medians the writers beside readers kept 75% of their rate
+alone with the journal and 79% with the log; the readers 59% and 51%. With the log, the 8
+writers alone at 9,845 events/s left the machine 37% of the time not running (21% idle, 16%
+waiting on the disk; `vmstat 1` in the middle of a 4 s run) and the 4 readers alone 7%: three
+quarters of each would need 0.75 × (0.63 + 0.93) = 1.17 machines, down from 1.37 with the
+journal. The writers' side of the target held in these runs; the readers' side needs cheaper
+reads or writes still.
+
+The whole suite was run with the log on that slower machine too (`SECONDS_PER_RUN=3
+./scripts/bench`, 2026-12-03; its probe: fdatasync 0.23 ms, an LMDB-like commit 0.81 ms, the
+Python loop 0.92 s, against 0.17 ms, 0.52 ms and 0.59 s for the tables here, which stay those of
+the faster machine). It gave: 1 client 1,428 events/s; 64 clients 19,495 (`head` 39,965
+calls/s), conditional −6%; 100 events per request at 8 clients 245,974; tag queries 17,356
+requests/s, p99 8.1 ms; whole-store read 1,548,304 events/s; writers beside readers 7,441 →
+5,073 events/s (−32%), readers −48%; 180 bytes per event prepopulated; a new store 88 KiB (the
+log files are made at the first opening); server anonymous RSS 58 MiB; appends at 10M against
+1M in turn +4%, while the curve taken in one pass went from 24,469 at 1M through 19,000–20,000
+between 5M and 9M to 12,870 at 10M (not looked into: the in-turn runs on fresh copies did not
+show it).
 
 | workload | command |
 |---|---|

@@ -374,3 +374,36 @@ fn a_process_beside_the_appending_one_neither_recovers_nor_appends() {
     assert_eq!(store.head(), Some(4));
     assert!(store.journal_replay().is_some());
 }
+
+/// `umadb check` after a crash with no server running has the store alone: it brings it back
+/// without taking the appending process's role, and marks its checkpoint closed, so the next
+/// opening applies nothing again.
+#[test]
+fn a_reading_process_alone_recovers_the_store_and_leaves_appending_to_others() {
+    let (_tmp, lost, _, _) = staged_copy();
+    let reading = StoreOptions {
+        appends: false,
+        ..no_timed_checkpoints()
+    };
+    {
+        let checker = Store::open_with(&lost, reading).expect("open for reading");
+        assert!(!checker.appends());
+        assert_eq!(checker.head(), Some(4));
+        assert!(checker.journal_replay().is_some());
+        // The writer's lock is free for a server.
+        let writer = fs::File::open(lost.join("writer.lock")).expect("writer lock file");
+        writer.try_lock().expect("the writer lock is free");
+        drop(writer);
+        let refused = checker
+            .append(AppendRequest {
+                events: vec![event("Checked", &[])],
+                ..Default::default()
+            })
+            .expect_err("an append through a reading store");
+        assert!(refused.message().contains("reading only"), "{refused:?}");
+    }
+    let store = open(&lost);
+    assert!(store.appends());
+    assert_eq!(store.journal_replay(), None);
+    assert_eq!(store.head(), Some(4));
+}

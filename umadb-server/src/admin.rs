@@ -187,7 +187,11 @@ pub fn backup(db_path: &Path, to: &Path) -> ExitCode {
         return ExitCode::FAILURE;
     }
     drop(store);
-    match Store::open(to) {
+    let read_only = StoreOptions {
+        appends: false,
+        ..StoreOptions::default()
+    };
+    match Store::open_with(to, read_only) {
         Ok(copy) => {
             let size = std::fs::metadata(to.join("data.mdb")).map_or(0, |m| m.len());
             println!(
@@ -221,6 +225,8 @@ fn open_existing(db_path: &Path) -> Result<Store, ExitCode> {
 fn open_telling_progress(db_path: &Path) -> Result<Store, Error> {
     let options = StoreOptions {
         progress: Some(umadb_server::opening_reporter(|line| eprintln!("  {line}"))),
+        // A server may be running on the store, or start while this runs: it appends.
+        appends: false,
         ..StoreOptions::default()
     };
     Store::open_with(db_path, options)

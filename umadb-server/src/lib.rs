@@ -180,6 +180,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         .await
         .map_err(|e| ServerError::Store(umadb_core::Error::Internal(e.to_string())))?
         .map_err(ServerError::Store)?;
+    if !store.appends() {
+        return Err(ServerError::Store(umadb_core::Error::Io(format!(
+            "{}: another process is appending to this store (it holds the store's writer.lock): \
+             is a second server running on it?",
+            config.db_path.display()
+        ))));
+    }
     match store.page_summary() {
         Some(pages) if !pages.conclusive => tracing::warn!(
             "opened {}, but another process kept appending to it while its LMDB page structure \

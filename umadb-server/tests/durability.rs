@@ -781,3 +781,23 @@ async fn an_answered_append_whose_pages_were_lost_is_applied_again_from_the_log(
     );
     assert!(report.contains("positions 1..=3"), "{report}");
 }
+
+/// One process appends to a store: a second server on it refuses to start, saying why, and
+/// `umadb check` beside the first runs without taking its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_store_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("db");
+    let first = Umadb::spawn(&db, &[]);
+    let log = match Umadb::try_spawn(&db, &[]) {
+        Ok(_) => panic!("a second server started on the same store"),
+        Err(log) => log,
+    };
+    assert!(log.contains("another process is appending"), "{log}");
+    let (code, report) = check(&db);
+    assert_eq!(code, Some(0), "{report}");
+    // The first still appends.
+    let mut client = first.client().await;
+    let request = common::append_request(vec![event("After", &["t"], b"1")]);
+    assert_eq!(append(&mut client, request).await.expect("append"), 1);
+}

@@ -65,6 +65,12 @@ pub struct StoreOptions {
     /// by the pages the groups between two checkpoints replace (LMDB reuses them only after the
     /// next one).
     pub checkpoint_interval: Duration,
+    /// Whether this process may append. One process appends to a store at a time: the one
+    /// that holds `writer.lock` in its directory, taken at opening. With `false` the store is
+    /// opened for reading and checking (`umadb check`, `umadb backup`), leaving the lock to a
+    /// server, and appends are refused; opening still brings the store back from a crash when
+    /// no other process has it open.
+    pub appends: bool,
     /// Told how far the long steps of opening a large store have got (the page walk, a format
     /// upgrade), so that whoever opens it can say so while it waits. None by default.
     pub progress: Option<ProgressReporter>,
@@ -116,6 +122,7 @@ impl Default for StoreOptions {
             verify_pages: true,
             index_lag: DEFAULT_INDEX_LAG,
             checkpoint_interval: wal::CHECKPOINT_INTERVAL,
+            appends: true,
             progress: None,
         }
     }
@@ -215,6 +222,7 @@ pub struct Store {
     _dir_lock: std::fs::File,
     /// The lock of the one process appending, if this is it (see `open_with`).
     _writer_lock: std::fs::File,
+    appends: bool,
     index_lag: u64,
     sender: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -254,7 +262,12 @@ impl Store {
             |e: std::io::Error| Error::Io(format!("cannot lock {}: {e}", path.display()));
         let alone = match dir_lock.try_lock() {
             Ok(()) => true,
-            Err(std::fs::TryLockError::WouldBlock) => false,
+            Err(std::fs::TryLockError::WouldBlock) => {
+                // Shared, waiting if another process is bringing the store back from a crash
+                // until it is done.
+                dir_lock.lock_shared().map_err(lock_error)?;
+                false
+            }
             Err(std::fs::TryLockError::Error(e)) => return Err(lock_error(e)),
         };
         // One process at a time appends (it keeps the log): the one holding this lock.
@@ -266,17 +279,18 @@ impl Store {
             .mode(0o600)
             .open(path.join(WRITER_LOCK))
             .map_err(lock_error)?;
-        let appends = match writer_lock.try_lock() {
-            Ok(()) => true,
-            Err(std::fs::TryLockError::WouldBlock) if !alone => false,
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Error::Io(format!(
-                    "cannot lock {}: held by a process that does not have the store open",
-                    path.join(WRITER_LOCK).display()
-                )))
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(lock_error(e)),
-        };
+        let appends = options.appends
+            && match writer_lock.try_lock() {
+                Ok(()) => true,
+                Err(std::fs::TryLockError::WouldBlock) if !alone => false,
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(Error::Io(format!(
+                        "cannot lock {}: held by a process that does not have the store open",
+                        path.join(WRITER_LOCK).display()
+                    )))
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(lock_error(e)),
+            };
         let data_file = path.join("data.mdb");
         let read_log = |e: std::io::Error| {
             Error::Io(format!("cannot read the log of {}: {e}", path.display()))
@@ -379,8 +393,10 @@ impl Store {
         dir_lock
             .sync_all()
             .map_err(|e| Error::Io(format!("cannot flush directory {}: {e}", path.display())))?;
-        // Shared from here on (waiting, if another process is applying a record, until it is done).
-        dir_lock.lock_shared().map_err(lock_error)?;
+        // Shared from here on.
+        if alone {
+            dir_lock.lock_shared().map_err(lock_error)?;
+        }
         let head = {
             let txn = env.read_txn().map_err(|e| open_error(&path, e))?;
             let head = last_position(&txn, &dbs)?;
@@ -404,13 +420,20 @@ impl Store {
             let txn = env.read_txn().map_err(|e| open_error(&path, e))?;
             writer::Tail::load(&txn, &dbs, head)
         };
-        // The first checkpoint comes before the first commit left to the page cache.
-        let log = if appends {
+        // The first checkpoint comes before the first commit left to the page cache. A process
+        // that does not append and brought the store back from a crash marks its checkpoint
+        // closed: it commits nothing more, and the next opening takes the data file as it is.
+        let recovered = recovery.is_some() || replayed.is_some();
+        let log = if appends || recovered {
             let last_epoch = wal::newest_epoch(&path).map_err(read_log)?.unwrap_or(0);
             let mut log = writer::Log::start(&path, last_epoch, options.checkpoint_interval, &env)?;
-            log.checkpoint(&env, head)?;
+            if appends {
+                log.checkpoint(&env, head)?;
+            } else {
+                log.close(&env, head)?;
+            }
             remove_journal_files(&path)?;
-            Some(log)
+            appends.then_some(log)
         } else {
             None
         };
@@ -442,10 +465,17 @@ impl Store {
             upgraded_from,
             _dir_lock: dir_lock,
             _writer_lock: writer_lock,
+            appends,
             index_lag,
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(writer)),
         })
+    }
+
+    /// Whether this process appends to the store (see [`StoreOptions::appends`]): false when
+    /// opened not to, or while another process holds its `writer.lock`.
+    pub fn appends(&self) -> bool {
+        self.appends
     }
 
     /// The directory the store lives in.

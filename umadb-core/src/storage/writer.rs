@@ -163,6 +163,11 @@ impl Log {
         self.checkpoint_now(env, head, false)
     }
 
+    /// A checkpoint marked closed: nothing is recorded after it.
+    pub fn close(&mut self, env: &Env<WithoutTls>, head: Position) -> Result<()> {
+        self.checkpoint_now(env, head, true)
+    }
+
     fn checkpoint_now(
         &mut self,
         env: &Env<WithoutTls>,
@@ -278,8 +283,8 @@ pub fn run(
             e.message()
         ))),
         (_, None) => Some(Error::Io(
-            "appends are refused: another process has this store open for appending (a \
-             running server, say); append through it"
+            "appends are refused: this process opened the store for reading only, or another \
+             process has it open for appending (a running server, say: append through it)"
                 .into(),
         )),
         _ => None,
