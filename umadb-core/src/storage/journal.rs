@@ -23,7 +23,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-pub(crate) const HEADER_LEN: usize = 32;
+const HEADER_LEN: usize = 32;
 const MAGIC: &[u8; 8] = b"umadbjn1";
 /// Largest record those builds wrote.
 const MAX_RECORD: usize = 8 << 20;

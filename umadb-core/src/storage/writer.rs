@@ -275,26 +275,28 @@ pub fn run(
 ) {
     let mut record = Vec::new();
     let mut index_keys = Vec::new();
-    let refusal = match (&tail, &log) {
-        // Appending would mean indexing events it cannot read: refuse every append.
-        (Err(e), _) => Some(Error::Corruption(format!(
-            "appends are refused: the events past the indexed head cannot be indexed \
-             ({}); run 'umadb check' on the store and restore it from a backup",
-            e.message()
-        ))),
-        (_, None) => Some(Error::Io(
-            "appends are refused: this process opened the store for reading only, or another \
-             process has it open for appending (a running server, say: append through it)"
-                .into(),
-        )),
-        _ => None,
-    };
-    let (Ok(tail), Some(mut log), None) = (tail, log, refusal.clone()) else {
-        let refusal = refusal.unwrap_or_else(|| Error::Internal("appends are refused".into()));
-        while let Ok(job) = receiver.recv() {
-            (job.reply)(Err(refusal.clone()));
+    let (tail, mut log) = match (tail, log) {
+        (Ok(tail), Some(log)) => (tail, log),
+        (tail, _) => {
+            let refusal = match tail {
+                // Appending would mean indexing events it cannot read.
+                Err(e) => Error::Corruption(format!(
+                    "appends are refused: the events past the indexed head cannot be indexed \
+                     ({}); run 'umadb check' on the store and restore it from a backup",
+                    e.message()
+                )),
+                Ok(_) => Error::Io(
+                    "appends are refused: this process opened the store for reading only, or \
+                     another process has it open for appending (a running server, say: append \
+                     through it)"
+                        .into(),
+                ),
+            };
+            while let Ok(job) = receiver.recv() {
+                (job.reply)(Err(refusal.clone()));
+            }
+            return;
         }
-        return;
     };
     shared.recent.extend(tail.indexed_head + 1, tail.events);
     let mut indexed_head = tail.indexed_head;
