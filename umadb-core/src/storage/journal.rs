@@ -42,13 +42,8 @@ pub struct JournalReplay {
     pub head_before: u64,
 }
 
-/// A record found in a journal file whose checksum holds.
-#[derive(Debug)]
-pub(crate) struct Record {
-    pub txn_id: u64,
-    pub head_before: u64,
-    pub body: Vec<u8>,
-}
+/// A record found in a journal file whose checksum holds: the same fields as a log record.
+pub(crate) use super::wal::Record;
 
 pub(crate) fn file_path(dir: &Path, slot: usize) -> PathBuf {
     dir.join(format!("journal-{slot}"))

@@ -95,7 +95,7 @@ pub(crate) struct Recovery {
     pub records: Vec<Record>,
 }
 
-/// A record whose checksum holds, of the recovered epoch.
+/// A record whose checksum holds, of the recovered epoch (or of a journal file, `journal.rs`).
 #[derive(Debug)]
 pub(crate) struct Record {
     pub txn_id: u64,
