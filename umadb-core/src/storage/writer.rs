@@ -134,11 +134,19 @@ impl Log {
             .name("umadb-checkpoint".into())
             .spawn(move || {
                 while let Ok(request) = received.recv() {
-                    let outcome = env.force_sync().map_err(storage_error).and_then(|()| {
-                        wal::write_header(&thread_dir, &request).map_err(|e| {
-                            Error::Io(format!("cannot write a checkpoint to the log: {e}"))
+                    let outcome = env
+                        .force_sync()
+                        .map_err(|e| {
+                            Error::Io(format!(
+                                "cannot flush the data file for a checkpoint: {}",
+                                storage_error(e).message()
+                            ))
                         })
-                    });
+                        .and_then(|()| {
+                            wal::write_header(&thread_dir, &request).map_err(|e| {
+                                Error::Io(format!("cannot write a checkpoint to the log: {e}"))
+                            })
+                        });
                     if finished.send(outcome).is_err() {
                         break;
                     }

@@ -21,22 +21,7 @@ pub const BLOCK: usize = 512;
 
 /// Builds the recording library with the machine's C compiler into `dir`; its path.
 pub fn build_recorder(dir: &Path) -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/power/record.c");
-    let library = dir.join("librecord.so");
-    let output = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-        .args(["-shared", "-fPIC", "-O2", "-Wall", "-o"])
-        .arg(&library)
-        .arg(&source)
-        .arg("-ldl")
-        .arg("-lpthread")
-        .output()
-        .expect("the C compiler runs (the power-cut test builds its recorder with it)");
-    assert!(
-        output.status.success(),
-        "building the recorder failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    library
+    crate::support::build_preload_library("power/record.c", dir, "librecord.so")
 }
 
 /// Loads the recorder at `recorder` into `command`, recording the files of `dir` into `trace`.

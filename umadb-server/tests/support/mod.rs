@@ -130,6 +130,29 @@ impl Drop for Umadb {
     }
 }
 
+/// Builds `tests/SOURCE` (C, for `LD_PRELOAD`) with the machine's C compiler (`cc`, or `$CC`:
+/// the one LMDB's crate builds with) into `dir/NAME`; its path.
+pub fn build_preload_library(source: &str, dir: &Path, name: &str) -> std::path::PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(source);
+    let library = dir.join(name);
+    let output = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args(["-shared", "-fPIC", "-O2", "-Wall", "-o"])
+        .arg(&library)
+        .arg(&source)
+        .args(["-ldl", "-lpthread"])
+        .output()
+        .expect("the C compiler runs");
+    assert!(
+        output.status.success(),
+        "building {} failed:\n{}",
+        source.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    library
+}
+
 /// Runs `umadb ARGS…` to completion.
 pub fn umadb(args: &[&std::ffi::OsStr]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_umadb"))
