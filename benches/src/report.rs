@@ -11,7 +11,7 @@ pub fn write_json(path: &Path, results: &[RunResult]) -> Result<(), String> {
 
 pub fn markdown_table(results: &[RunResult]) -> String {
     let mut out = String::from(
-        "| workload | clients | events/req | requests/s | events/s | p50 ms | p99 ms | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| workload | clients | events/req | requests/s | events/s | p50 ms | p99 ms | errors | CPU stolen % |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in results {
         out.push_str(&row(r));
@@ -24,7 +24,7 @@ pub fn markdown_table(results: &[RunResult]) -> String {
 
 fn row(r: &RunResult) -> String {
     format!(
-        "| {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {} |\n",
+        "| {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {} | {} |\n",
         r.workload,
         r.clients,
         r.events_per_request,
@@ -32,8 +32,16 @@ fn row(r: &RunResult) -> String {
         r.events_per_sec,
         r.p50_ms,
         r.p99_ms,
-        r.errors
+        r.errors,
+        stolen(r)
     )
+}
+
+/// The share of the machine's CPU time the hypervisor gave to other guests during the run
+/// (`–` where the kernel does not tell).
+pub fn stolen(r: &RunResult) -> String {
+    r.cpu
+        .map_or_else(|| "–".to_string(), |cpu| format!("{:.1}", cpu.steal_pct))
 }
 
 /// Plots text needs a TrueType font; the usual system locations are tried.

@@ -1,5 +1,6 @@
 //! Workloads that drive a running server over gRPC, one connection per simulated client.
 
+use crate::machine::{CpuClock, CpuShare};
 use crate::transport::Connection;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -80,6 +81,10 @@ pub struct RunResult {
     /// For mixed runs: the readers' share, reported separately.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub readers: Option<Box<RunResult>>,
+    /// The whole machine's CPU time over the run (for mixed runs, the writers' time), where
+    /// the kernel tells it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuShare>,
 }
 
 /// Per-client tallies, merged after the run.
@@ -158,6 +163,7 @@ fn summarise(
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         readers: None,
+        cpu: None,
     }
 }
 
@@ -463,23 +469,29 @@ pub async fn append(target: &Target, clients: usize, spec: AppendSpec, seconds: 
         (true, true) => "append-conditional-boundary-tag",
     };
     let label = format!("{name} x{clients} ({}/req)", spec.events_per_request);
-    let (elapsed, tallies) = run_clients(&label, seconds, clients, |id, deadline| {
+    let (elapsed, tallies, cpu) = run_clients(&label, seconds, clients, |id, deadline| {
         tokio::spawn(append_client(target.clone(), spec, deadline, id))
     })
     .await;
-    summarise(name, clients, spec.events_per_request, elapsed, tallies)
+    RunResult {
+        cpu,
+        ..summarise(name, clients, spec.events_per_request, elapsed, tallies)
+    }
 }
 
 /// `clients` callers of `Head` for `seconds`.
 pub async fn head(target: &Target, clients: usize, seconds: u64) -> RunResult {
-    let (elapsed, tallies) = run_clients(
+    let (elapsed, tallies, cpu) = run_clients(
         &format!("head x{clients}"),
         seconds,
         clients,
         |_, deadline| tokio::spawn(head_client(target.clone(), deadline)),
     )
     .await;
-    summarise("head", clients, 0, elapsed, tallies)
+    RunResult {
+        cpu,
+        ..summarise("head", clients, 0, elapsed, tallies)
+    }
 }
 
 /// `clients` readers for `seconds`.
@@ -489,14 +501,17 @@ pub async fn read(target: &Target, clients: usize, spec: ReadSpec, seconds: u64)
         ReadSpec::TagQuery { .. } => "read-tag-query",
         ReadSpec::CatchUp => "subscribe-catch-up",
     };
-    let (elapsed, tallies) = run_clients(
+    let (elapsed, tallies, cpu) = run_clients(
         &format!("{name} x{clients}"),
         seconds,
         clients,
         |id, deadline| tokio::spawn(read_client(target.clone(), spec, deadline, id)),
     )
     .await;
-    summarise(name, clients, 0, elapsed, tallies)
+    RunResult {
+        cpu,
+        ..summarise(name, clients, 0, elapsed, tallies)
+    }
 }
 
 /// Writers and readers at once; the writers' figures, with the readers' nested.
@@ -508,6 +523,7 @@ pub async fn mixed(
     read_spec: ReadSpec,
     seconds: u64,
 ) -> RunResult {
+    let cpu = CpuClock::start();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let bar = progress(&format!("mixed {writers}w+{readers}r"), seconds);
@@ -537,6 +553,7 @@ pub async fn mixed(
     // may end a little after it.
     let writer_tallies = join_all(writer_tasks).await;
     let writers_elapsed = started.elapsed();
+    let writers_cpu = cpu.share();
     let reader_tallies = join_all(reader_tasks).await;
     let readers_elapsed = started.elapsed();
     reader_runtime.shutdown_background();
@@ -549,6 +566,7 @@ pub async fn mixed(
         writers_elapsed,
         writer_tallies,
     );
+    result.cpu = writers_cpu;
     result.readers = Some(Box::new(summarise(
         "mixed-readers",
         readers,
@@ -564,7 +582,8 @@ async fn run_clients(
     seconds: u64,
     clients: usize,
     spawn: impl Fn(usize, Instant) -> tokio::task::JoinHandle<Tally>,
-) -> (Duration, Vec<Tally>) {
+) -> (Duration, Vec<Tally>, Option<CpuShare>) {
+    let cpu = CpuClock::start();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let bar = progress(label, seconds);
@@ -572,9 +591,10 @@ async fn run_clients(
     let tasks: Vec<_> = (0..clients).map(|id| spawn(id, deadline)).collect();
     let tallies = join_all(tasks).await;
     let elapsed = started.elapsed();
+    let cpu = cpu.share();
     ticker.abort();
     bar.finish();
-    (elapsed, tallies)
+    (elapsed, tallies, cpu)
 }
 
 fn tick(bar: ProgressBar, started: Instant, seconds: u64) -> tokio::task::JoinHandle<()> {

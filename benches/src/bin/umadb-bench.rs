@@ -284,10 +284,12 @@ async fn run(cli: Cli) -> Result<(), String> {
             std::fs::create_dir_all(&out_dir)
                 .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
             report::plot_growth(&out_dir, &points)?;
-            let mut table =
-                String::from("| store size (events) | append events/s |\n|---:|---:|\n");
-            for (size, rate) in &points {
-                table.push_str(&format!("| {size} | {rate:.0} |\n"));
+            let mut table = String::from(
+                "| store size (events) | append events/s | CPU stolen % |\n|---:|---:|---:|\n",
+            );
+            for ((size, rate), result) in points.iter().zip(&results) {
+                let stolen = report::stolen(result);
+                table.push_str(&format!("| {size} | {rate:.0} | {stolen} |\n"));
             }
             std::fs::write(out_dir.join("growth.md"), table)
                 .map_err(|e| format!("cannot write the table: {e}"))?;
