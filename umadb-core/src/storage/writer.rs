@@ -1100,21 +1100,35 @@ mod tests {
         assert_eq!(types(&store), ["First", "Second"]);
     }
 
-    /// A store that a build before the log left after a crash, with a journal record of its
-    /// last commit: the record is applied once, and the journal files go once a checkpoint has
-    /// made them stale.
-    #[test]
-    fn a_journal_record_of_a_build_before_the_log_is_applied_once_and_its_files_removed() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("db");
-        append(&Store::open(&path).expect("open"), "First").expect("first append");
+    /// A store as a build before the log left it after a crash: "First" committed, and the
+    /// next commit's journal record (of "Second", answered, its meta page lost) beside it; no
+    /// log files. `format_version`: the format stamp that build wrote (an older one is upgraded
+    /// at opening, in a commit of its own before the record is applied).
+    fn store_of_a_build_before_the_log(path: &std::path::Path, format_version: u32) {
+        append(&Store::open(path).expect("open"), "First").expect("first append");
         // That build wrote no log.
         for slot in 0..2 {
-            std::fs::remove_file(wal::file_path(&path, slot)).unwrap_or(());
+            std::fs::remove_file(wal::file_path(path, slot)).unwrap_or(());
         }
         let next = {
             // SAFETY: nothing else has the store open in this process.
-            let env = unsafe { heed::EnvOpenOptions::new().max_dbs(8).open(&path) }.expect("env");
+            let env = unsafe { heed::EnvOpenOptions::new().max_dbs(8).open(path) }.expect("env");
+            if format_version != format::FORMAT_VERSION {
+                // With one event, not yet indexed, the index is empty: the same in every
+                // version, so the stamp alone makes the store one of that version.
+                let mut stamp = format::FORMAT_MAGIC.to_vec();
+                stamp.extend_from_slice(&format_version.to_be_bytes());
+                let wtxn = env.write_txn().expect("write txn");
+                env.create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
+                    let meta = opener.create_database::<heed::types::Bytes, heed::types::Bytes>(
+                        wtxn,
+                        Some("meta"),
+                    )?;
+                    meta.put(wtxn, format::META_FORMAT, &stamp)?;
+                    Ok(heed::CommitOrAbort::<_, ()>::Commit(()))
+                })
+                .expect("stamp");
+            }
             let id = env.read_txn().expect("read txn").id() as u64;
             env.prepare_for_closing().wait();
             id + 1
@@ -1128,9 +1142,18 @@ mod tests {
         );
         format::put_journal_event(&mut body, &record);
         format::put_journal_request_end(&mut body, None);
-        journal::write_record(&path, next, 1, &body).expect("journal record");
+        journal::write_record(path, next, 1, &body).expect("journal record");
+    }
 
+    /// The record is applied once, and the journal files go once a checkpoint has made them
+    /// stale.
+    #[test]
+    fn a_journal_record_of_a_build_before_the_log_is_applied_once_and_its_files_removed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("db");
+        store_of_a_build_before_the_log(&path, format::FORMAT_VERSION);
         let store = Store::open(&path).expect("open with the journal");
+        assert_eq!(store.upgraded_from(), None);
         let replay = store.journal_replay().expect("a replay");
         assert_eq!(
             (replay.records, replay.events, replay.head_before),
@@ -1144,5 +1167,32 @@ mod tests {
         let store = Store::open(&path).expect("reopen");
         assert!(store.journal_replay().is_none());
         assert_eq!(types(&store), ["First", "Second"]);
+    }
+
+    /// A store of an older format with a journal record: opening upgrades the format in a
+    /// commit of its own, which takes the transaction id the record was written for; the record
+    /// still applies (once) on top of it.
+    #[test]
+    fn a_journal_record_is_applied_after_the_format_upgrade_of_its_store() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("db");
+        store_of_a_build_before_the_log(&path, 2);
+        let store = Store::open(&path).expect("open with the journal");
+        assert_eq!(store.upgraded_from(), Some(2));
+        let replay = store.journal_replay().expect("a replay after the upgrade");
+        assert_eq!(
+            (replay.records, replay.events, replay.head_before),
+            (1, 1, 1)
+        );
+        assert_eq!(types(&store), ["First", "Second"]);
+        assert!(store.check(|_| {}).expect("check").is_ok());
+        drop(store);
+        let store = Store::open(&path).expect("reopen");
+        assert_eq!(
+            (store.upgraded_from(), store.journal_replay()),
+            (None, None)
+        );
+        assert_eq!(types(&store), ["First", "Second"]);
+        assert_eq!(append(&store, "Third").expect("append"), 3);
     }
 }
