@@ -321,8 +321,11 @@ struct Walk<'a> {
     problem_count: usize,
     /// Whether the tree being walked is keyed by position (`events`).
     positions: bool,
-    /// What the page being walked holds, added to its problems (the events it would serve).
-    holding: String,
+    /// The positions the page being walked holds (in `events`), added to its problems in
+    /// words: the events it would serve.
+    holding: Option<(Option<u64>, Option<u64>)>,
+    /// The page being walked: one buffer, read into page after page.
+    page: Vec<u8>,
     progress: Option<&'a ProgressReporter>,
     /// `pages` when progress was last reported.
     reported: u64,
@@ -347,7 +350,8 @@ impl<'a> Walk<'a> {
             problems: Vec::new(),
             problem_count: 0,
             positions: false,
-            holding: String::new(),
+            holding: None,
+            page: Vec::new(),
             progress: None,
             reported: 0,
         })
@@ -381,7 +385,8 @@ impl<'a> Walk<'a> {
     fn problem(&mut self, message: String) {
         self.problem_count += 1;
         if self.problems.len() < MAX_LISTED {
-            self.problems.push(message + &self.holding);
+            let holding = self.holding.map(holding_positions).unwrap_or_default();
+            self.problems.push(message + &holding);
         }
     }
 
@@ -491,7 +496,7 @@ impl<'a> Walk<'a> {
             self.positions = name == b"events";
             self.walk_tree(&label, record, Tree::Named, &mut Vec::new())?;
             self.positions = false;
-            self.holding.clear();
+            self.holding = None;
         }
         Ok(())
     }
@@ -526,7 +531,7 @@ impl<'a> Walk<'a> {
             span: (None, None),
         };
         self.walk_page(label, record.root, place, tree, named, &mut counts)?;
-        self.holding.clear();
+        self.holding = None;
         if self.problem_count > before {
             return Ok(());
         }
@@ -607,41 +612,75 @@ impl<'a> Walk<'a> {
         named: &mut Vec<(Vec<u8>, DbRecord)>,
         counts: &mut Counts,
     ) -> Result<()> {
-        let Place { level, depth, span } = place;
-        self.holding = if self.positions {
-            holding_positions(span)
-        } else {
-            String::new()
-        };
+        self.holding = self.positions.then_some(place.span);
         if !self.claim(label, number, 1, true) {
             return Ok(());
         }
-        let page = self.read_at(number * self.page_size as u64, self.page_size)?;
+        // One buffer for every page: it is given back before the page's children are walked.
+        let mut page = std::mem::take(&mut self.page);
+        page.resize(self.page_size, 0);
+        let offset = number * self.page_size as u64;
+        let children = match self.file.read_exact_at(&mut page, offset) {
+            Ok(()) => self.check_page(label, number, place, tree, &page, named, counts),
+            Err(e) => Err(Error::Io(format!(
+                "cannot read the data file at {offset}: {e}"
+            ))),
+        };
+        self.page = page;
+        let children = children?;
+        let Place { level, depth, span } = place;
+        for (i, &(child, low)) in children.iter().enumerate() {
+            let high = children.get(i + 1).map_or(span.1, |&(_, next)| next);
+            let place = Place {
+                level: level + 1,
+                depth,
+                span: (low, high),
+            };
+            self.walk_page(label, child, place, tree, named, counts)?;
+        }
+        Ok(())
+    }
+
+    /// Checks a page read into `page` (and claims the overflow runs and free pages it names);
+    /// the children of a sound branch page, each with the low end of its span. Nothing to
+    /// walk on when the page has a problem.
+    #[allow(clippy::too_many_arguments)]
+    fn check_page(
+        &mut self,
+        label: &str,
+        number: u64,
+        place: Place,
+        tree: Tree,
+        page: &[u8],
+        named: &mut Vec<(Vec<u8>, DbRecord)>,
+        counts: &mut Counts,
+    ) -> Result<Vec<(u64, Option<u64>)>> {
+        let Place { level, depth, span } = place;
         let is_leaf = level == depth;
         let expected = if is_leaf { P_LEAF } else { P_BRANCH };
-        let flags = u16_at(&page, 10);
+        let flags = u16_at(page, 10);
         #[cfg(test)]
         self.reached.push((number, flags, label.to_string()));
-        if u64_at(&page, 0) != number || flags & PAGE_TYPE != expected {
+        if u64_at(page, 0) != number || flags & PAGE_TYPE != expected {
             self.problem(format!(
                 "{label}: page {number} (level {level} of {depth}) carries page number {} and \
                  flags {flags:#x}",
-                u64_at(&page, 0)
+                u64_at(page, 0)
             ));
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let (lower, upper) = (u16_at(&page, 12) as usize, u16_at(&page, 14) as usize);
+        let (lower, upper) = (u16_at(page, 12) as usize, u16_at(page, 14) as usize);
         if lower < PAGE_HEADER || !(lower - PAGE_HEADER).is_multiple_of(2) || lower > upper {
             self.problem(format!(
                 "{label}: page {number} has free space {lower}..{upper}"
             ));
-            return Ok(());
+            return Ok(Vec::new());
         }
         if upper > self.page_size {
             self.problem(format!(
                 "{label}: page {number} has free space ending at {upper}, past the page"
             ));
-            return Ok(());
+            return Ok(Vec::new());
         }
         let keys = (lower - PAGE_HEADER) / 2;
         if is_leaf {
@@ -651,26 +690,26 @@ impl<'a> Walk<'a> {
             counts.branch += 1;
             if keys == 0 {
                 self.problem(format!("{label}: branch page {number} has no children"));
-                return Ok(());
+                return Ok(Vec::new());
             }
         }
         let mut children = Vec::new();
         for i in 0..keys {
-            let at = u16_at(&page, PAGE_HEADER + 2 * i) as usize;
+            let at = u16_at(page, PAGE_HEADER + 2 * i) as usize;
             let node = |what: &str| format!("{label}: page {number} node {i} {what}");
             if at < upper || at + NODE_HEADER > self.page_size {
                 self.problem(node(&format!(
                     "is at offset {at}, outside the page's nodes"
                 )));
-                return Ok(());
+                return Ok(Vec::new());
             }
-            let (lo, hi) = (u16_at(&page, at) as u64, u16_at(&page, at + 2) as u64);
-            let node_flags = u16_at(&page, at + 4);
-            let key_len = u16_at(&page, at + 6) as usize;
+            let (lo, hi) = (u16_at(page, at) as u64, u16_at(page, at + 2) as u64);
+            let node_flags = u16_at(page, at + 4);
+            let key_len = u16_at(page, at + 6) as usize;
             let key_end = at + NODE_HEADER + key_len;
             if key_len > MAX_KEY || key_end > self.page_size {
                 self.problem(node(&format!("has a key of {key_len} bytes")));
-                return Ok(());
+                return Ok(Vec::new());
             }
             if !is_leaf {
                 // A branch's first key is implicit: the lower bound of the page's own span.
@@ -688,34 +727,37 @@ impl<'a> Walk<'a> {
                 || (node_flags & F_SUBDATA != 0 && (tree != Tree::Main || node_flags != F_SUBDATA))
             {
                 self.problem(node(&format!("has flags {node_flags:#x}")));
-                return Ok(());
+                return Ok(Vec::new());
             }
-            let data = if node_flags & F_BIGDATA != 0 {
+            let overflowed;
+            let data: &[u8] = if node_flags & F_BIGDATA != 0 {
                 if key_end + 8 > self.page_size {
                     self.problem(node("has an overflow page number past the page"));
-                    return Ok(());
+                    return Ok(Vec::new());
                 }
-                let first = u64_at(&page, key_end);
-                match self.overflow(label, first, data_len, tree == Tree::Free, counts)? {
-                    Some(data) => data,
-                    None => return Ok(()),
-                }
+                let first = u64_at(page, key_end);
+                overflowed =
+                    match self.overflow(label, first, data_len, tree == Tree::Free, counts)? {
+                        Some(data) => data,
+                        None => return Ok(Vec::new()),
+                    };
+                &overflowed
             } else {
                 if key_end + data_len > self.page_size {
                     self.problem(node(&format!(
                         "has {data_len} bytes of data, past the page"
                     )));
-                    return Ok(());
+                    return Ok(Vec::new());
                 }
-                page[key_end..key_end + data_len].to_vec()
+                &page[key_end..key_end + data_len]
             };
             match tree {
                 Tree::Free => {
-                    if key_len != 8 || !self.free_list_entry(label, &data) {
+                    if key_len != 8 || !self.free_list_entry(label, data) {
                         if key_len != 8 {
                             self.problem(node(&format!("has a key of {key_len} bytes")));
                         }
-                        return Ok(());
+                        return Ok(Vec::new());
                     }
                 }
                 Tree::Main if node_flags == F_SUBDATA => {
@@ -724,23 +766,14 @@ impl<'a> Walk<'a> {
                             "is a database record of {} bytes",
                             data.len()
                         )));
-                        return Ok(());
+                        return Ok(Vec::new());
                     }
-                    named.push((key.to_vec(), DbRecord::parse(&data)));
+                    named.push((key.to_vec(), DbRecord::parse(data)));
                 }
                 Tree::Main | Tree::Named => {}
             }
         }
-        for (i, &(child, low)) in children.iter().enumerate() {
-            let high = children.get(i + 1).map_or(span.1, |&(_, next)| next);
-            let place = Place {
-                level: level + 1,
-                depth,
-                span: (low, high),
-            };
-            self.walk_page(label, child, place, tree, named, counts)?;
-        }
-        Ok(())
+        Ok(children)
     }
 
     /// Checks and claims an overflow run holding `len` bytes from page `first`; its bytes when
