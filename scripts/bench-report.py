@@ -252,8 +252,31 @@ alone with the journal and 79% with the log; the readers 59% and 51%. With the l
 writers alone at 9,845 events/s left the machine 37% of the time not running (21% idle, 16%
 waiting on the disk; `vmstat 1` in the middle of a 4 s run) and the 4 readers alone 7%: three
 quarters of each would need 0.75 × (0.63 + 0.93) = 1.17 machines, down from 1.37 with the
-journal. The writers' side of the target held in these runs; the readers' side needs cheaper
-reads or writes still.
+journal. The writers' side of the target held in these runs; the readers' side did not.
+
+Why the readers' side cannot hold at today's cost of an append, measured on the slower machine
+(2026-12-03) with the CPU split every run now records (`cpu` in the JSON). The readers alone keep
+the machine busy (88.6% busy, 7.9% idle in one run of `read --clients 4`), whatever an event
+costs them: cheaper reads raise their rate, not their share. Beside the writers they get what
+the writers leave. For them to keep three quarters of their rate, the writers may take about a
+quarter of the machine while they run at three quarters of their own rate, that is at most a
+third of it alone. Alone, 8 writers keep it 64–71% busy (8,212–8,992 events/s in three runs of
+`append --clients 8 --seconds 3`): 145–161 µs of the machine's CPU time per append, server and
+load generator together. The same calls without storage work, `head --clients 8`, cost 44–46 µs
+each (37,790–43,386 calls/s, the machine saturated). The append's cost falls as groups grow and
+the threads park less: 104 µs at 16 clients, 90 µs at 32, 85 µs at 64 (one run each). Where an
+append at 8 clients goes (`perf record -a`, 2 s): the writer thread about a quarter of the
+machine, most of it in the kernel submitting each group's write and flush to the virtual disk;
+the block layer's worker 8%; the server's and the load generator's async threads about half,
+spread over h2, tokio and the kernel's loopback TCP with no single large item. Two experiments,
+not kept: a writer that waits 100, 200 or 400 µs for a group as large as the one before (as a
+commit delay does) lowered the rate (8,820–8,919 → 7,022–7,269, 6,992–7,000 and 5,201–5,513
+events/s, two runs each) without lowering the cost per append (132–156 µs); and starting the data
+file's writeback every 50 ms between checkpoints (`sync_file_range`) raised the p99 of 8 writers
+from 2.5–3.8 ms to 4.1–5.3 ms (three pairs), since each log flush then also flushed data pages
+from the disk's cache. Meeting the pair on this machine needs an append that costs less than
+half of what it does; the load generator's share of that cost would not be there with the
+clients on other machines.
 
 The whole suite was run with the log on that slower machine too (`SECONDS_PER_RUN=3
 ./scripts/bench`, 2026-12-03; its probe: fdatasync 0.23 ms, an LMDB-like commit 0.81 ms, the
