@@ -294,7 +294,8 @@ machine, not the store: 21,738 events/s at 1M, 20,055–21,545 to 4M, then 13,98
 12,158 at 5M–7M while the hypervisor stole 14–30% of the CPU time (steal; 0–7% before and
 after), and 23,287, 20,781 and 20,662 at 8M–10M. Every run now records how the machine's CPU
 time went during it (busy, idle, waiting on the disk, stolen: `cpu` in the JSON, from
-`/proc/stat`), and the tables show the stolen share, so that a dip of this kind shows as such.
+`/proc/stat`), and the tables it writes show the stolen share (those on this page predate it),
+so that a dip of this kind shows as such.
 
 | workload | command |
 |---|---|
