@@ -26,7 +26,9 @@ use crate::error::{Error, Result};
 use crate::types::{AppendRequest, Position, Query, ReadRequest, SequencedEvent, TrackingInfo};
 use format::{Kind, FORMAT_MAGIC, META_FORMAT, META_INDEXED_HEAD};
 use heed::types::Bytes;
-use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
+use heed::{
+    CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, FlagSetMode, RoTxn, RwTxn, WithoutTls,
+};
 use std::ops::Bound;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -316,6 +318,9 @@ impl Store {
             // before their pages: LMDB opens at the checkpoint, and the log's records follow.
             pages::restore_metas(&data_file, &recovery.meta, recovery.txn_id)?;
         }
+        if alone && !data_file.exists() {
+            create_data_file(&path, &options)?;
+        }
         let pages = if options.verify_pages && pages::LAYOUT_KNOWN && data_file.exists() {
             Some(pages::verify(&data_file, options.progress.as_ref())?)
         } else {
@@ -326,13 +331,13 @@ impl Store {
             .map_size(options.map_size)
             .max_dbs(8)
             .max_readers(options.max_readers);
-        // SAFETY: NO_READ_AHEAD only changes madvise. NO_SYNC leaves LMDB's file to the page
-        // cache between checkpoints: each group is durable by its log record, and opening
-        // brings the file back to the last checkpoint, whose pages the writer keeps from reuse
-        // (`wal.rs`). Every commit outside the writer's recorded groups is flushed with
-        // `force_sync`. LMDB's lock file guards against a second process opening it
-        // incompatibly.
-        unsafe { env_options.flags(EnvFlags::NO_READ_AHEAD | EnvFlags::NO_SYNC) };
+        // SAFETY: NO_READ_AHEAD only changes madvise. LMDB's lock file guards against a second
+        // process opening the store incompatibly. The opening's own commits (a new store's
+        // databases, a format upgrade, the log's records applied) are made with LMDB's own
+        // durability: pages flushed before the meta page that names them is written. With
+        // NO_SYNC, a meta page could reach the disk before its pages, and a store without a log
+        // checkpoint yet (new, or of a build before the log) has none to go back to.
+        unsafe { env_options.flags(EnvFlags::NO_READ_AHEAD) };
         // SAFETY: heed requires that the same path is not opened twice in one process with
         // different options; heed detects a second open and returns EnvAlreadyOpened.
         let env = unsafe { env_options.open(&path) }.map_err(|e| open_error(&path, e))?;
@@ -385,8 +390,14 @@ impl Store {
                 e.message()
             )),
         })?;
-        // The opening's own commits (a new store, an upgrade).
-        env.force_sync().map_err(|e| open_error(&path, e))?;
+        // The opening's own commits were flushed by LMDB. From here on, LMDB's file is left to
+        // the page cache between checkpoints: each group is durable by its log record, and
+        // opening brings the file back to the last checkpoint, whose pages the writer keeps
+        // from reuse (`wal.rs`); commits outside the writer's recorded groups are flushed with
+        // `force_sync`.
+        // SAFETY: no transaction of this environment is open, and no other thread has it yet.
+        unsafe { env.set_flags(EnvFlags::NO_SYNC, FlagSetMode::Enable) }
+            .map_err(|e| open_error(&path, e))?;
         // The store's files are named in its directory durably before anything is appended: a
         // file's own flush does not promise its name. (At every opening: a store created by a
         // process that died before this line is not new now.)
@@ -944,6 +955,41 @@ fn create_directory(dir: &Path) -> std::io::Result<()> {
         sync_directory(created.parent().unwrap_or(Path::new("")))?;
     }
     Ok(())
+}
+
+/// Where a new store's data file is made before it is renamed into the store's directory.
+const CREATING_DIR: &str = "creating";
+
+/// Makes a new store's data file so that a crash at any moment leaves either no data file or a
+/// whole one: LMDB makes it in a directory of its own (`creating`, whatever a crash left there
+/// removed first) and commits the databases and the format stamp with its own durability
+/// (pages flushed, then the meta page); the file is then renamed into the store's directory,
+/// which is flushed. Made in place, a crash before LMDB's first commit was on disk could leave
+/// torn meta pages, which no opening can tell from damage.
+fn create_data_file(path: &Path, options: &StoreOptions) -> Result<()> {
+    let creating = path.join(CREATING_DIR);
+    let io = |what: &str, e: std::io::Error| {
+        Error::Io(format!("cannot {what} {}: {e}", creating.display()))
+    };
+    match std::fs::remove_dir_all(&creating) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("remove", e)),
+    }
+    std::fs::create_dir(&creating).map_err(|e| io("create", e))?;
+    {
+        let mut env_options = EnvOpenOptions::new().read_txn_without_tls();
+        env_options.map_size(options.map_size).max_dbs(8);
+        // SAFETY: a directory of this process's own, opened once.
+        let env = unsafe { env_options.open(&creating) }.map_err(|e| open_error(&creating, e))?;
+        open_databases(&env, &creating, None)?;
+        env.prepare_for_closing().wait();
+    }
+    std::fs::rename(creating.join("data.mdb"), path.join("data.mdb"))
+        .map_err(|e| io("move the new data file out of", e))?;
+    sync_directory(path)
+        .map_err(|e| Error::Io(format!("cannot flush directory {}: {e}", path.display())))?;
+    std::fs::remove_dir_all(&creating).map_err(|e| io("remove", e))
 }
 
 /// The log's file that says one process is appending to the store (`flock`ed while it is open).

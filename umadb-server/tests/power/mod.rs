@@ -9,8 +9,9 @@
 //! versions since its durable one, independently of every other block (the kernel writes dirty
 //! pages back in no particular order). A file created during the trace is named durably only
 //! once a flush of the directory that started after its creation has returned; until then it
-//! may be missing altogether. [`Files::power_cut`] picks one version per block, and whether
-//! each such file is there.
+//! may be missing altogether; so is a file renamed into the directory (a new store's data file,
+//! made in `creating/`), under its new name. [`Files::power_cut`] picks one version per block,
+//! and whether each such file is there.
 #![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet};
@@ -228,6 +229,17 @@ impl Files {
                     }
                     continue;
                 }
+                10 => {
+                    // Renamed: the contents go by the new name, not yet durable in the directory
+                    // (the old name, in a directory never flushed, is left out of the states).
+                    let from = names.get(&file).expect("a file named before its rename");
+                    let to = names.get(&(arg as u8)).expect("a new name named before");
+                    let moved = self.files.remove(from).unwrap_or_default();
+                    self.unnamed.remove(from);
+                    self.files.insert(to.clone(), moved);
+                    self.unnamed.insert(to.clone());
+                    continue;
+                }
                 _ => {}
             }
             let name = names.get(&file).expect("a file named before its use");
@@ -280,7 +292,11 @@ impl Files {
                     set_block(&mut image, block, &versions[choice - 1]);
                 }
             }
-            std::fs::write(dir.join(name), image).expect("write an image file");
+            let path = dir.join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).expect("create an image subdirectory");
+            }
+            std::fs::write(path, image).expect("write an image file");
         }
     }
 }

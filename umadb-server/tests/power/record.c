@@ -5,8 +5,9 @@
  *   UMADB_POWER_DIR   the store's directory (absolute, as the server is given it)
  *   UMADB_POWER_TRACE the trace file to append to
  *
- * Every write to a file directly in that directory (other than LMDB's lock file) is appended to
- * the trace after it happened, with its offset and the bytes written; every fsync or fdatasync of
+ * Every write to a file directly in that directory, or in its subdirectory `creating` where a
+ * new store's data file is made (LMDB's lock files aside), is appended to the trace after it
+ * happened, with its offset and the bytes written; every fsync or fdatasync of
  * such a file is appended twice, when it starts and when it returned successfully. A write
  * through a descriptor opened with O_SYNC or O_DSYNC is marked as already durable. The test
  * replays the trace to build the files a power cut could have left (see power/mod.rs).
@@ -17,7 +18,8 @@
  * (argument: offset; bytes: the data), 3 durable write (same), 4 flush starts, 5 flush
  * returned (argument: a number pairing the two), 6 truncate (argument: the new length),
  * 7 the file was created by this open, 8 and 9 a flush of the directory itself starts and
- * returned (file: 0; argument as for 4 and 5).
+ * returned (file: 0; argument as for 4 and 5), 10 the file was renamed (argument: the number of
+ * its new name, named before).
  * A record cut short by the process's death is ignored by the reader.
  */
 #define _GNU_SOURCE
@@ -38,7 +40,11 @@
 #define MAX_FILES 32
 
 enum { OP_NAME = 1, OP_WRITE = 2, OP_DURABLE_WRITE = 3, OP_FLUSH_START = 4, OP_FLUSH_END = 5,
-       OP_TRUNCATE = 6, OP_CREATE = 7, OP_DIR_FLUSH_START = 8, OP_DIR_FLUSH_END = 9 };
+       OP_TRUNCATE = 6, OP_CREATE = 7, OP_DIR_FLUSH_START = 8, OP_DIR_FLUSH_END = 9,
+       OP_RENAME = 10 };
+
+/* The subdirectory where a new store's data file is made, then renamed into the directory. */
+#define CREATING "creating/"
 
 /* The watch of a descriptor of the directory itself. */
 #define DIRECTORY 0x200
@@ -68,6 +74,7 @@ static int (*real_fsync)(int);
 static int (*real_fdatasync)(int);
 static int (*real_ftruncate)(int, off_t);
 static int (*real_ftruncate64)(int, off_t);
+static int (*real_rename)(const char *, const char *);
 
 __attribute__((constructor)) static void start(void) {
     real_write = dlsym(RTLD_NEXT, "write");
@@ -84,6 +91,7 @@ __attribute__((constructor)) static void start(void) {
     real_fdatasync = dlsym(RTLD_NEXT, "fdatasync");
     real_ftruncate = dlsym(RTLD_NEXT, "ftruncate");
     real_ftruncate64 = dlsym(RTLD_NEXT, "ftruncate64");
+    real_rename = dlsym(RTLD_NEXT, "rename");
     dir = getenv("UMADB_POWER_DIR");
     const char *trace = getenv("UMADB_POWER_TRACE");
     if (dir == NULL || trace == NULL) {
@@ -130,19 +138,20 @@ static int missing(const char *path, int flags) {
     return stat(path, &st) != 0 && errno == ENOENT;
 }
 
-/* Starts watching `fd` if `path` names a file directly in the directory, or the directory. */
-static void opened(int fd, const char *path, int flags, int created) {
-    if (dir == NULL || fd < 0 || fd >= MAX_FD || path == NULL) return;
-    if (strncmp(path, dir, dir_len) != 0) return;
-    if (path[dir_len] == '\0' || (path[dir_len] == '/' && path[dir_len + 1] == '\0')) {
-        __atomic_store_n(&watched[fd], DIRECTORY, __ATOMIC_SEQ_CST);
-        return;
-    }
-    if (path[dir_len] != '/') return;
+/* The name a watched file at `path` goes by in the trace (relative to the directory), or NULL:
+ * files directly in the directory or in `creating`, LMDB's lock files aside. */
+static const char *watched_name(const char *path) {
+    if (dir == NULL || path == NULL || strncmp(path, dir, dir_len) != 0) return NULL;
+    if (path[dir_len] != '/') return NULL;
     const char *name = path + dir_len + 1;
-    if (strchr(name, '/') != NULL || strcmp(name, "lock.mdb") == 0 || strlen(name) >= 256) return;
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return;
+    const char *base = strncmp(name, CREATING, strlen(CREATING)) == 0 ? name + strlen(CREATING) : name;
+    if (*base == '\0' || strchr(base, '/') != NULL || strcmp(base, "lock.mdb") == 0) return NULL;
+    if (strlen(name) >= 256) return NULL;
+    return name;
+}
+
+/* The number of the file named `name`, given one (and its name recorded) if it has none. */
+static int number_of(const char *name) {
     pthread_mutex_lock(&names_lock);
     int file = -1;
     for (int i = 0; i < name_count; i++) {
@@ -156,6 +165,22 @@ static void opened(int fd, const char *path, int flags, int created) {
         emit(OP_NAME, file, 0, &part, 1, part.iov_len);
     }
     pthread_mutex_unlock(&names_lock);
+    return file;
+}
+
+/* Starts watching `fd` if `path` names a watched file, or the directory itself. */
+static void opened(int fd, const char *path, int flags, int created) {
+    if (dir == NULL || fd < 0 || fd >= MAX_FD || path == NULL) return;
+    if (strncmp(path, dir, dir_len) != 0) return;
+    if (path[dir_len] == '\0' || (path[dir_len] == '/' && path[dir_len + 1] == '\0')) {
+        __atomic_store_n(&watched[fd], DIRECTORY, __ATOMIC_SEQ_CST);
+        return;
+    }
+    const char *name = watched_name(path);
+    if (name == NULL) return;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return;
+    int file = number_of(name);
     if (created) emit(OP_CREATE, file, 0, NULL, 0, 0);
     if (flags & O_TRUNC) emit(OP_TRUNCATE, file, 0, NULL, 0, 0);
     int sync = (flags & (O_SYNC | O_DSYNC)) ? 0x100 : 0;
@@ -277,3 +302,19 @@ static int truncated(int fd, off_t length, int (*truncate)(int, off_t)) {
 int ftruncate(int fd, off_t length) { return truncated(fd, length, real_ftruncate); }
 
 int ftruncate64(int fd, off_t length) { return truncated(fd, length, real_ftruncate64); }
+
+/* A watched file renamed to another watched name: its contents go by the new name, which is
+ * new in the directory until a flush of the directory. */
+int rename(const char *from, const char *to) {
+    int rc = real_rename(from, to);
+    const char *old_name = watched_name(from);
+    const char *new_name = watched_name(to);
+    if (rc == 0 && old_name != NULL && new_name != NULL) {
+        int saved = errno;
+        int old_file = number_of(old_name);
+        int new_file = number_of(new_name);
+        emit(OP_RENAME, old_file, (uint64_t)new_file, NULL, 0, 0);
+        errno = saved;
+    }
+    return rc;
+}
