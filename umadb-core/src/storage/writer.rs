@@ -388,8 +388,9 @@ fn commit_group(
 ) -> Result<(Vec<Result<Position>>, Committed)> {
     if let Some(reason) = &log.broken {
         return Err(Error::Io(format!(
-            "appends are refused since the store's log could not be written ({reason}); \
-             restart the server: opening the store brings it back to its last durable state"
+            "appends are refused since a flush of the store failed and what it held may not \
+             be on disk ({reason}); restart the server: opening the store brings it back to \
+             its last durable state"
         )));
     }
     let dbs = &shared.dbs;
