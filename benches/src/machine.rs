@@ -6,7 +6,6 @@
 //! told apart from a regression.
 
 use serde::Serialize;
-use std::time::Instant;
 
 /// Percentages of the machine's CPU time (all cores) over a run.
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -23,7 +22,6 @@ pub struct CpuShare {
 /// The counters at the start of a run.
 pub struct CpuClock {
     start: Option<Ticks>,
-    started: Instant,
 }
 
 #[derive(Clone, Copy)]
@@ -38,12 +36,11 @@ impl CpuClock {
     pub fn start() -> CpuClock {
         CpuClock {
             start: read_ticks(),
-            started: Instant::now(),
         }
     }
 
     /// The share of each kind since the start; `None` where the counters cannot be read, or
-    /// when too little time passed for them to move.
+    /// have not moved.
     pub fn share(&self) -> Option<CpuShare> {
         let (start, end) = (self.start?, read_ticks()?);
         let busy = end.busy.checked_sub(start.busy)?;
@@ -51,7 +48,7 @@ impl CpuClock {
         let iowait = end.iowait.checked_sub(start.iowait)?;
         let steal = end.steal.checked_sub(start.steal)?;
         let total = (busy + idle + iowait + steal) as f64;
-        if total == 0.0 || self.started.elapsed().as_millis() < 100 {
+        if total == 0.0 {
             return None;
         }
         let pct = |ticks: u64| (ticks as f64 * 1000.0 / total).round() / 10.0;

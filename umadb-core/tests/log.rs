@@ -91,15 +91,22 @@ fn stage(live: &Path, lost: &Path) -> Vec<Event> {
         event("Closed", &["account:1"]).with_uuid(uuid::Uuid::from_u128(42)),
     ];
     let store = open(live);
-    let mut request = conditional(
-        events.clone(),
-        query(vec![item(&[], &["account:1"])]),
-        Some(2),
-    );
-    request.tracking_info = Some(tracking("teller", 5));
+    let request = staged_request(&events, 5);
     assert_eq!(store.append(request).expect("second append"), 4);
     copy_log(live, lost);
     events
+}
+
+/// The staged group's request: `events` on the condition that nothing tagged `account:1` follows
+/// position 2, tracked as the teller's `position`.
+fn staged_request(events: &[Event], position: u64) -> AppendRequest {
+    let mut request = conditional(
+        events.to_vec(),
+        query(vec![item(&[], &["account:1"])]),
+        Some(2),
+    );
+    request.tracking_info = Some(tracking("teller", position));
+    request
 }
 
 /// `stage`d. Returns the temporary directory, the copy, and the file and bytes of the newest
@@ -170,12 +177,7 @@ fn an_answered_group_whose_pages_were_lost_is_applied_again_at_open() {
     );
     assert_eq!(atm, vec![3]);
     // The same request again is an idempotent retry of the replayed one.
-    let mut retry = conditional(
-        events.clone(),
-        query(vec![item(&[], &["account:1"])]),
-        Some(2),
-    );
-    retry.tracking_info = Some(tracking("teller", 6));
+    let retry = staged_request(&events, 6);
     assert_eq!(store.append(retry).expect("retry"), 4);
     assert_eq!(
         store
