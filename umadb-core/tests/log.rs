@@ -363,18 +363,23 @@ fn a_process_beside_the_appending_one_neither_recovers_nor_appends() {
         let store = open(&lost);
         assert_eq!(store.head(), Some(2));
         assert_eq!(store.journal_replay(), None);
-        let refused = store
-            .append(AppendRequest {
-                events: vec![event("Beside", &[])],
-                ..Default::default()
-            })
-            .expect_err("an append beside the appending process");
+        let refused = refused_append(&store, "Beside");
         assert!(refused.message().contains("another process"), "{refused:?}");
     }
     drop((directory, writer));
     let store = open(&lost);
     assert_eq!(store.head(), Some(4));
     assert!(store.journal_replay().is_some());
+}
+
+/// The error an append of one event of type `name` through `store` is refused with.
+fn refused_append(store: &Store, name: &str) -> Error {
+    store
+        .append(AppendRequest {
+            events: vec![event(name, &[])],
+            ..Default::default()
+        })
+        .expect_err("a refused append")
 }
 
 /// `umadb check` after a crash with no server running has the store alone: it brings it back
@@ -396,12 +401,7 @@ fn a_reading_process_alone_recovers_the_store_and_leaves_appending_to_others() {
         let writer = fs::File::open(lost.join("writer.lock")).expect("writer lock file");
         writer.try_lock().expect("the writer lock is free");
         drop(writer);
-        let refused = checker
-            .append(AppendRequest {
-                events: vec![event("Checked", &[])],
-                ..Default::default()
-            })
-            .expect_err("an append through a reading store");
+        let refused = refused_append(&checker, "Checked");
         assert!(refused.message().contains("reading only"), "{refused:?}");
     }
     let store = open(&lost);
