@@ -446,6 +446,17 @@ fn stamp_format_version(db: &Path, version: u32) {
     env.prepare_for_closing().wait();
 }
 
+/// `events` one-event appends to the store at `db` by a server, stopped cleanly after.
+async fn appended_and_stopped(db: &Path, events: u64) {
+    let mut server = Umadb::spawn(db, &[]);
+    let mut client = server.client().await;
+    for n in 0..events {
+        let request = common::append_request(vec![event("Before", &["t"], &n.to_be_bytes())]);
+        append(&mut client, request).await.expect("append");
+    }
+    server.stop();
+}
+
 /// A store of an older format is upgraded by the first opening that finds it, in a commit of
 /// its own, before the store has a log checkpoint to go back to: a power cut at any moment of
 /// that opening leaves a store that passes `umadb check` with every event in it.
@@ -453,15 +464,7 @@ fn stamp_format_version(db: &Path, version: u32) {
 async fn a_format_upgrade_survives_a_power_cut_at_any_moment_of_its_opening() {
     let (dir, recorder, db) = recorded_store();
     const EVENTS: u64 = 20;
-    {
-        let mut server = Umadb::spawn(&db, &[]);
-        let mut client = server.client().await;
-        for n in 0..EVENTS {
-            let request = common::append_request(vec![event("Before", &["t"], &n.to_be_bytes())]);
-            append(&mut client, request).await.expect("append");
-        }
-        server.stop();
-    }
+    appended_and_stopped(&db, EVENTS).await;
     // Fewer events than the index lag: the index is empty, the same in versions 2 and 3, so
     // the stamp alone makes this a version 2 store.
     stamp_format_version(&db, 2);
@@ -479,6 +482,39 @@ async fn a_format_upgrade_survives_a_power_cut_at_any_moment_of_its_opening() {
         assert!(
             code == Some(0) && text.contains(&format!("{EVENTS} events")),
             "{what} of the upgrading opening: umadb check said:\n{text}"
+        );
+    });
+}
+
+/// A store of a build before the log, left by a crash whose last commit is in its journal
+/// only: the first opening applies that record in a commit of its own, then starts the log and
+/// removes the journal files. A power cut at any moment of that opening leaves a store that
+/// passes `umadb check` with the record's event in it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_replay_survives_a_power_cut_at_any_moment_of_its_opening() {
+    let (dir, recorder, db) = recorded_store();
+    const EVENTS: u64 = 20;
+    appended_and_stopped(&db, EVENTS).await;
+    let lost = umadb_core::AppendRequest {
+        events: vec![umadb_core::Event::new("Lost", ["t"], b"lost".to_vec())],
+        condition: None,
+        tracking_info: None,
+    };
+    umadb_core::stage_crash_of_a_build_before_the_log(&db, &[lost]).expect("stage the journal");
+    let before = power::Files::from_dir(&db);
+    let trace = dir.path().join("trace");
+    let (code, text) = check_recorded(&db, &recorder, &trace);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(&format!("1 events after position {EVENTS}")),
+        "{text}"
+    );
+    let mut rng = seeded("journal replay power cut", 1);
+    each_cut_state(&before, &trace, dir.path(), 40, &mut rng, |state, what| {
+        let (code, text) = check(state);
+        assert!(
+            code == Some(0) && text.contains(&format!("{} events", EVENTS + 1)),
+            "{what} of the opening that applied the journal: umadb check said:\n{text}"
         );
     });
 }

@@ -407,6 +407,21 @@ pub fn put_journal_request_end(out: &mut Vec<u8>, tracking: Option<&TrackingInfo
     }
 }
 
+/// A whole journal record's body for `requests`, as the writer builds it request by request.
+#[cfg(any(test, feature = "testing"))]
+pub fn journal_body(requests: &[AppendRequest]) -> Vec<u8> {
+    let (mut body, mut record) = (Vec::new(), Vec::new());
+    for request in requests {
+        put_journal_request_start(&mut body, request.events.len());
+        for event in &request.events {
+            encode_event(event, request.tracking_info.is_some(), &mut record);
+            put_journal_event(&mut body, &record);
+        }
+        put_journal_request_end(&mut body, request.tracking_info.as_ref());
+    }
+    body
+}
+
 /// The requests of a journal record's body, without conditions.
 pub fn decode_journal_body(body: &[u8]) -> Result<Vec<AppendRequest>> {
     let mut r = Reader::new(body, "journal record");
@@ -601,19 +616,6 @@ mod tests {
                 other => panic!("a cut body must be corruption, got {:?}", other.err()),
             }
         }
-    }
-
-    fn journal_body(requests: &[AppendRequest]) -> Vec<u8> {
-        let (mut body, mut record) = (Vec::new(), Vec::new());
-        for request in requests {
-            put_journal_request_start(&mut body, request.events.len());
-            for event in &request.events {
-                encode_event(event, request.tracking_info.is_some(), &mut record);
-                put_journal_event(&mut body, &record);
-            }
-            put_journal_request_end(&mut body, request.tracking_info.as_ref());
-        }
-        body
     }
 
     #[test]

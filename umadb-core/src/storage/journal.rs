@@ -8,7 +8,7 @@
 //! applied again (`writer::replay`). Any other record is stale or torn, and is ignored. Once a
 //! store has a log, the journal files are removed.
 //!
-//! A record is a 32-byte header and a body (`format::encode_journal_request`):
+//! A record is a 32-byte header and a body (`format::journal_body`):
 //!
 //! | bytes  | field                                                        |
 //! |--------|--------------------------------------------------------------|
@@ -96,7 +96,7 @@ fn checksum(header: &[u8; HEADER_LEN], body: &[u8]) -> u32 {
 }
 
 /// Writes a record as the builds before the log did, for tests of opening their stores.
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 pub(crate) fn write_record(
     dir: &Path,
     txn_id: u64,
@@ -114,4 +114,52 @@ pub(crate) fn write_record(
     let crc = checksum(&header, body);
     record[28..32].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(file_path(dir, (txn_id % 2) as usize), record)
+}
+
+/// Leaves the closed store at `dir` as a build before the log would after a crash that lost its
+/// last commit's meta page: no log files, and the journal record of that commit (`requests`,
+/// onto the store's head, in the transaction after its last). For tests of opening such stores;
+/// it removes the store's log, so never use it on a store that matters.
+#[cfg(any(test, feature = "testing"))]
+pub fn stage_crash_of_a_build_before_the_log(
+    dir: &Path,
+    requests: &[crate::AppendRequest],
+) -> crate::Result<()> {
+    use super::{format, storage_error, wal};
+    use heed::types::Bytes;
+    let (next, head) = {
+        // SAFETY: the caller has the store closed, and nothing else in this process opens it
+        // until this environment is closed below.
+        let env =
+            unsafe { heed::EnvOpenOptions::new().max_dbs(8).open(dir) }.map_err(storage_error)?;
+        let txn = env.read_txn().map_err(storage_error)?;
+        let next = txn.id() as u64 + 1;
+        // Only read: the last key comes back as the "aborted" outcome, and nothing is committed.
+        let outcome = env
+            .open_databases_and_commit(txn, |opener, txn| -> heed::Result<_> {
+                let Some(events) = opener.open_database::<Bytes, Bytes>(txn, Some("events"))?
+                else {
+                    return Ok(heed::CommitOrAbort::<(), _>::Abort(None));
+                };
+                let last = events.last(txn)?.map(|(key, _)| key.to_vec());
+                Ok(heed::CommitOrAbort::Abort(Some(last)))
+            })
+            .map_err(storage_error)?;
+        let head = match outcome {
+            heed::CommitOrAbort::Abort(Some(Some(key))) => format::decode_position_key(&key)?,
+            heed::CommitOrAbort::Abort(Some(None)) => 0,
+            _ => return Err(crate::Error::Corruption("no events database".into())),
+        };
+        env.prepare_for_closing().wait();
+        (next, head)
+    };
+    for slot in 0..2 {
+        match std::fs::remove_file(wal::file_path(dir, slot)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(crate::Error::Io(e.to_string())),
+        }
+    }
+    write_record(dir, next, head, &format::journal_body(requests))
+        .map_err(|e| crate::Error::Io(e.to_string()))
 }

@@ -18,6 +18,8 @@ mod writer;
 pub use check::CheckReport;
 /// The on-disk format version this build writes (and upgrades older stores to).
 pub use format::FORMAT_VERSION;
+#[cfg(any(test, feature = "testing"))]
+pub use journal::stage_crash_of_a_build_before_the_log;
 pub use journal::JournalReplay;
 pub use pages::PageSummary;
 pub use read::Reader;

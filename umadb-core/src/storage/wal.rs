@@ -46,7 +46,7 @@
 //! | 48..          | the checkpoint's meta page (page header and LMDB's meta)  |
 //!
 //! Records follow, back to back, each a [`HEADER_LEN`]-byte header and a body
-//! (`format::encode_journal_request`):
+//! (`format::journal_body`):
 //!
 //! | bytes  | field                                                        |
 //! |--------|--------------------------------------------------------------|

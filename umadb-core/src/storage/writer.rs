@@ -1107,43 +1107,31 @@ mod tests {
     /// at opening, in a commit of its own before the record is applied).
     fn store_of_a_build_before_the_log(path: &std::path::Path, format_version: u32) {
         append(&Store::open(path).expect("open"), "First").expect("first append");
-        // That build wrote no log.
-        for slot in 0..2 {
-            std::fs::remove_file(wal::file_path(path, slot)).unwrap_or(());
-        }
-        let next = {
+        if format_version != format::FORMAT_VERSION {
             // SAFETY: nothing else has the store open in this process.
             let env = unsafe { heed::EnvOpenOptions::new().max_dbs(8).open(path) }.expect("env");
-            if format_version != format::FORMAT_VERSION {
-                // With one event, not yet indexed, the index is empty: the same in every
-                // version, so the stamp alone makes the store one of that version.
-                let mut stamp = format::FORMAT_MAGIC.to_vec();
-                stamp.extend_from_slice(&format_version.to_be_bytes());
-                let wtxn = env.write_txn().expect("write txn");
-                env.create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
-                    let meta = opener.create_database::<heed::types::Bytes, heed::types::Bytes>(
-                        wtxn,
-                        Some("meta"),
-                    )?;
-                    meta.put(wtxn, format::META_FORMAT, &stamp)?;
-                    Ok(heed::CommitOrAbort::<_, ()>::Commit(()))
-                })
-                .expect("stamp");
-            }
-            let id = env.read_txn().expect("read txn").id() as u64;
+            // With one event, not yet indexed, the index is empty: the same in every version,
+            // so the stamp alone makes the store one of that version.
+            let mut stamp = format::FORMAT_MAGIC.to_vec();
+            stamp.extend_from_slice(&format_version.to_be_bytes());
+            let wtxn = env.write_txn().expect("write txn");
+            env.create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
+                let meta = opener.create_database::<heed::types::Bytes, heed::types::Bytes>(
+                    wtxn,
+                    Some("meta"),
+                )?;
+                meta.put(wtxn, format::META_FORMAT, &stamp)?;
+                Ok(heed::CommitOrAbort::<_, ()>::Commit(()))
+            })
+            .expect("stamp");
             env.prepare_for_closing().wait();
-            id + 1
+        }
+        let second = AppendRequest {
+            events: vec![Event::new("Second", ["t"], b"Second".to_vec())],
+            condition: None,
+            tracking_info: None,
         };
-        let (mut body, mut record) = (Vec::new(), Vec::new());
-        format::put_journal_request_start(&mut body, 1);
-        format::encode_event(
-            &Event::new("Second", ["t"], b"Second".to_vec()),
-            false,
-            &mut record,
-        );
-        format::put_journal_event(&mut body, &record);
-        format::put_journal_request_end(&mut body, None);
-        journal::write_record(path, next, 1, &body).expect("journal record");
+        journal::stage_crash_of_a_build_before_the_log(path, &[second]).expect("journal record");
     }
 
     /// The record is applied once, and the journal files go once a checkpoint has made them
