@@ -69,6 +69,11 @@ def main():
     facts = {k.strip(): v.strip() for k, v in facts.items()}
     per_event = int(facts["store after prepopulating 1,000,000 events"].split("(")[1].split()[0])
     empty_kib = int(facts["new empty store on disk"].split()[0])
+    probe_flush = facts["disk: rewrite one 4 KiB page and fdatasync (median of 200)"]
+    probe_commit = facts[
+        "disk: 12 scattered 4 KiB pages, fdatasync, one O_DSYNC page, like an LMDB commit (median of 200)"
+    ]
+    probe_loop = facts["CPU: a Python loop of 10,000,000 additions"]
     peak_anon = int(facts["server peak anonymous RSS (its own memory) through the 1M runs"].split()[0])
     # The target's two sizes measured in turn; the curve's points, measured one after another,
     # are shown with it.
@@ -160,6 +165,16 @@ nothing, made {head['requests_per_sec']:,.0f} calls/s; 64 clients appending one 
 ## Targets
 
 {targets}
+
+The absolute figures (one client, 64 clients, 100 events per request) depend on the machine
+as much as on the store; the others compare runs of one suite with each other. This run's
+probe gave {probe_flush}, {probe_commit} and {probe_loop} (fdatasync, an LMDB-like commit,
+the Python loop). The run of 2026-12-02, of the build before the log on a machine whose probe
+gave 0.17 ms, 0.52 ms and 0.59 s, met all three: 1 client 2,098 events/s, 64 clients 32,178
+(`head` 80,755 calls/s), 100 events per request 520,523. A `head` call does no storage work:
+its rate, {head['requests_per_sec']:,.0f} calls/s here against 80,755 there, measures the
+machine, and 64 clients appending made {many['events_per_sec'] / head['requests_per_sec']:.0%}
+of it here against 40% there.
 
 ## Workloads
 
@@ -280,8 +295,8 @@ clients on other machines.
 
 The whole suite was run with the log on that slower machine too (`SECONDS_PER_RUN=3
 ./scripts/bench`, 2026-12-03; its probe: fdatasync 0.23 ms, an LMDB-like commit 0.81 ms, the
-Python loop 0.92 s, against 0.17 ms, 0.52 ms and 0.59 s for the tables here, which stay those of
-the faster machine). It gave: 1 client 1,428 events/s; 64 clients 19,495 (`head` 39,965
+Python loop 0.92 s, against 0.17 ms, 0.52 ms and 0.59 s for the run of 2026-12-02 above). It
+gave: 1 client 1,428 events/s; 64 clients 19,495 (`head` 39,965
 calls/s), conditional −6%; 100 events per request at 8 clients 245,974; tag queries 17,356
 requests/s, p99 8.1 ms; whole-store read 1,548,304 events/s; writers beside readers 7,441 →
 5,073 events/s (−32%), readers −48%; 180 bytes per event prepopulated; a new store 88 KiB (the
@@ -294,8 +309,8 @@ machine, not the store: 21,738 events/s at 1M, 20,055–21,545 to 4M, then 13,98
 12,158 at 5M–7M while the hypervisor stole 14–30% of the CPU time (steal; 0–7% before and
 after), and 23,287, 20,781 and 20,662 at 8M–10M. Every run now records how the machine's CPU
 time went during it (busy, idle, waiting on the disk, stolen: `cpu` in the JSON, from
-`/proc/stat`), and the tables it writes show the stolen share (those on this page predate it),
-so that a dip of this kind shows as such.
+`/proc/stat`), and the tables it writes show the stolen share, so that a dip of this kind shows
+as such.
 
 | workload | command |
 |---|---|
