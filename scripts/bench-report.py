@@ -293,6 +293,19 @@ from the disk's cache. Meeting the pair on this machine needs an append that cos
 half of what it does; the load generator's share of that cost would not be there with the
 clients on other machines.
 
+At low concurrency a call's cost is mostly its threads parking and waking each other. Counted
+with `perf stat -a -e context-switches` over 2 s in the middle of a run (2026-12-03, the
+machine of the tables): `head --clients 1` made 8 switches per call (4,690 calls/s, p50
+0.20 ms, the machine 44% busy: about 186 µs of CPU time per call, against 44 µs with 8 clients
+keeping it busy), `head --clients 8` 0.4, `append --clients 1` 19 per append and `append
+--clients 8` 4.4. On a virtual machine, waking a parked core goes through the hypervisor. The
+server with one async worker thread (`TOKIO_WORKER_THREADS=1`, an experiment, not kept) took
+`head --clients 1` to 6.5 switches per call (4.0 with the load generator on one worker too;
+p50 0.20 → 0.17 ms), but lost elsewhere in two alternating rounds (`--seconds 3` each): 1 client
+1,947 and 1,024 → 1,737 and 921 events/s, 8 clients 7,533 and 7,339 → 6,748 and 5,198, tag
+queries at 64 clients 205,059 and 197,669 → 169,550 and 168,418 events/s; the mixed run went
+both ways (writers 4,321 → 3,616 and 4,980 → 5,775).
+
 The whole suite was run with the log on that slower machine too (`SECONDS_PER_RUN=3
 ./scripts/bench`, 2026-12-03; its probe: fdatasync 0.23 ms, an LMDB-like commit 0.81 ms, the
 Python loop 0.92 s, against 0.17 ms, 0.52 ms and 0.59 s for the run of 2026-12-02 above). It
