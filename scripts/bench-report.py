@@ -304,7 +304,17 @@ server with one async worker thread (`TOKIO_WORKER_THREADS=1`, an experiment, no
 p50 0.20 → 0.17 ms), but lost elsewhere in two alternating rounds (`--seconds 3` each): 1 client
 1,947 and 1,024 → 1,737 and 921 events/s, 8 clients 7,533 and 7,339 → 6,748 and 5,198, tag
 queries at 64 clients 205,059 and 197,669 → 169,550 and 168,418 events/s; the mixed run went
-both ways (writers 4,321 → 3,616 and 4,980 → 5,775).
+both ways (writers 4,321 → 3,616 and 4,980 → 5,775). A scheduler trace of `append --clients
+1` (`perf sched record -a`, 0.5 s) shows where the switches come from: each time a parked async
+worker of the server or of the load generator is woken (by the socket, or by the writer
+answering), it wakes the other worker of its runtime, which finds nothing to do and parks again;
+and the writer, woken by the request, writes and flushes with the block layer's worker woken for
+the flush. In a profile of the same run (`perf record -a -g`, 2 s), the writer thread spent about
+160 µs of CPU time per append, 87 µs of it in `fdatasync` and 50 µs of that submitting the write
+to the virtual disk (the notification exits to the hypervisor); the async workers of both
+processes together about 400 µs, much of it in waking threads on the other core. A server with
+one single-threaded runtime per core, each serving its own connections, would not wake a second
+worker; it has not been tried.
 
 The whole suite was run with the log on that slower machine too (`SECONDS_PER_RUN=3
 ./scripts/bench`, 2026-12-03; its probe: fdatasync 0.23 ms, an LMDB-like commit 0.81 ms, the
