@@ -312,9 +312,15 @@ and the writer, woken by the request, writes and flushes with the block layer's 
 the flush. In a profile of the same run (`perf record -a -g`, 2 s), the writer thread spent about
 160 µs of CPU time per append, 87 µs of it in `fdatasync` and 50 µs of that submitting the write
 to the virtual disk (the notification exits to the hypervisor); the async workers of both
-processes together about 400 µs, much of it in waking threads on the other core. A server with
-one single-threaded runtime per core, each serving its own connections, would not wake a second
-worker; it has not been tried.
+processes together about 400 µs, much of it in waking threads on the other core. A scratch
+build serving with one single-threaded runtime per core (two tonic servers on one listening
+socket, each spawning its connections on its own thread; not kept) did not show a gain worth its
+complexity in two alternating rounds, taken while the hypervisor stole 0–31% of the CPU time:
+1 client 735 and 1,112 → 1,346 and 1,369 events/s (the first pair's multi-threaded run lost 19%
+to steal), `head --clients 1` 6,295 and 7,088 → 5,424 and 5,565 calls/s with more switches per
+call (4.8 and 4.2 → 8.2 and 6.8), 64 clients 21,462 and 18,602 → 22,588 and 17,300 events/s, tag
+queries at 64 clients 191,948 and 195,388 → 140,143 and 190,602 events/s, 8 clients 3,702 and
+4,611 → 2,768 and 2,805, the mixed run's writers 4,985 and 3,661 → 6,558 and 2,453.
 
 The whole suite was run with the log on that slower machine too (`SECONDS_PER_RUN=3
 ./scripts/bench`, 2026-12-03; its probe: fdatasync 0.23 ms, an LMDB-like commit 0.81 ms, the
