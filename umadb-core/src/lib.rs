@@ -7,12 +7,12 @@ mod storage;
 mod types;
 
 pub use error::{Error, Result};
-#[cfg(all(feature = "storage", feature = "testing"))]
-#[doc(hidden)]
-pub use storage::stage_crash_of_a_build_before_the_log;
 #[cfg(feature = "storage")]
 #[doc(hidden)]
 pub use storage::{debug_counters, debug_index_lookups, reset_debug_counters};
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub use storage::{stage_crash_of_a_build_before_the_log, stamp_format_version};
 #[cfg(feature = "storage")]
 pub use storage::{
     CheckReport, JournalReplay, OpeningProgress, PageSummary, ProgressReporter, Reader, Store,

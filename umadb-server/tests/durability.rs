@@ -429,23 +429,6 @@ fn each_cut_state(
     states
 }
 
-/// Rewrites the format stamp of the closed store at `db` (LMDB's own flushed commit).
-fn stamp_format_version(db: &Path, version: u32) {
-    use heed::types::Bytes;
-    // SAFETY: no process has the store open; this environment is the only one in this process.
-    let env = unsafe { heed::EnvOpenOptions::new().max_dbs(8).open(db) }.expect("env");
-    let mut stamp = b"umadb-v1".to_vec();
-    stamp.extend_from_slice(&version.to_be_bytes());
-    let wtxn = env.write_txn().expect("write txn");
-    env.create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
-        let meta = opener.create_database::<Bytes, Bytes>(wtxn, Some("meta"))?;
-        meta.put(wtxn, b"format", &stamp)?;
-        Ok(heed::CommitOrAbort::<_, ()>::Commit(()))
-    })
-    .expect("stamp");
-    env.prepare_for_closing().wait();
-}
-
 /// `events` one-event appends to the store at `db` by a server, stopped cleanly after.
 async fn appended_and_stopped(db: &Path, events: u64) {
     let mut server = Umadb::spawn(db, &[]);
@@ -467,7 +450,7 @@ async fn a_format_upgrade_survives_a_power_cut_at_any_moment_of_its_opening() {
     appended_and_stopped(&db, EVENTS).await;
     // Fewer events than the index lag: the index is empty, the same in versions 2 and 3, so
     // the stamp alone makes this a version 2 store.
-    stamp_format_version(&db, 2);
+    umadb_core::stamp_format_version(&db, 2).expect("stamp version 2");
     let before = power::Files::from_dir(&db);
     let trace = dir.path().join("trace");
     let (code, text) = check_recorded(&db, &recorder, &trace);

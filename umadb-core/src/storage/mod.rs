@@ -12,17 +12,19 @@ mod journal;
 mod pages;
 mod read;
 mod recent;
+#[cfg(any(test, feature = "testing"))]
+mod staging;
 mod wal;
 mod writer;
 
 pub use check::CheckReport;
 /// The on-disk format version this build writes (and upgrades older stores to).
 pub use format::FORMAT_VERSION;
-#[cfg(any(test, feature = "testing"))]
-pub use journal::stage_crash_of_a_build_before_the_log;
 pub use journal::JournalReplay;
 pub use pages::PageSummary;
 pub use read::Reader;
+#[cfg(any(test, feature = "testing"))]
+pub use staging::{stage_crash_of_a_build_before_the_log, stamp_format_version};
 
 use crate::error::{Error, Result};
 use crate::types::{AppendRequest, Position, Query, ReadRequest, SequencedEvent, TrackingInfo};

@@ -1043,7 +1043,7 @@ impl DirtyChunk {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{format, journal, wal, Store};
+    use super::super::{format, journal, staging, wal, Store};
     use crate::error::Error;
     use crate::types::{AppendRequest, Event, ReadRequest};
     use std::sync::atomic::Ordering;
@@ -1108,30 +1108,16 @@ mod tests {
     fn store_of_a_build_before_the_log(path: &std::path::Path, format_version: u32) {
         append(&Store::open(path).expect("open"), "First").expect("first append");
         if format_version != format::FORMAT_VERSION {
-            // SAFETY: nothing else has the store open in this process.
-            let env = unsafe { heed::EnvOpenOptions::new().max_dbs(8).open(path) }.expect("env");
-            // With one event, not yet indexed, the index is empty: the same in every version,
-            // so the stamp alone makes the store one of that version.
-            let mut stamp = format::FORMAT_MAGIC.to_vec();
-            stamp.extend_from_slice(&format_version.to_be_bytes());
-            let wtxn = env.write_txn().expect("write txn");
-            env.create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
-                let meta = opener.create_database::<heed::types::Bytes, heed::types::Bytes>(
-                    wtxn,
-                    Some("meta"),
-                )?;
-                meta.put(wtxn, format::META_FORMAT, &stamp)?;
-                Ok(heed::CommitOrAbort::<_, ()>::Commit(()))
-            })
-            .expect("stamp");
-            env.prepare_for_closing().wait();
+            // With one event, not yet indexed, the stamp alone makes the store one of that
+            // version.
+            staging::stamp_format_version(path, format_version).expect("stamp");
         }
         let second = AppendRequest {
             events: vec![Event::new("Second", ["t"], b"Second".to_vec())],
             condition: None,
             tracking_info: None,
         };
-        journal::stage_crash_of_a_build_before_the_log(path, &[second]).expect("journal record");
+        staging::stage_crash_of_a_build_before_the_log(path, &[second]).expect("journal record");
     }
 
     /// The record is applied once, and the journal files go once a checkpoint has made them
