@@ -35,7 +35,6 @@ pub fn stage_crash_of_a_build_before_the_log(
     dir: &Path,
     requests: &[crate::AppendRequest],
 ) -> crate::Result<()> {
-    use heed::types::Bytes;
     let (next, head) = {
         // SAFETY: the caller has the store closed, and nothing else in this process opens it
         // until this environment is closed below.
