@@ -3,6 +3,7 @@
 //! [`umadb_core::Error`] and gRPC statuses (used by the server to send and the client to decode).
 //! Also the socket wrapper both ends write HTTP/2 through ([`coalesce`]).
 
+pub mod borrowed;
 pub mod coalesce;
 
 #[allow(clippy::all)]

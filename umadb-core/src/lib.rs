@@ -19,7 +19,7 @@ pub use storage::{
     StoreOptions, DEFAULT_INDEX_LAG, FORMAT_VERSION,
 };
 pub use types::{
-    AppendCondition, AppendRequest, Event, Position, Query, QueryItem, ReadRequest, SequencedEvent,
-    TrackingInfo, MAX_STRING_LEN,
+    AppendCondition, AppendRequest, Event, EventRef, Position, Query, QueryItem, ReadRequest,
+    SequencedEvent, SequencedEventRef, TrackingInfo, MAX_STRING_LEN,
 };
 pub use uuid::Uuid;

@@ -87,6 +87,79 @@ pub struct SequencedEvent {
     pub tracking_info: Option<TrackingInfo>,
 }
 
+/// An event borrowed from where it is stored or held: what a read hands to a visitor, so that
+/// a server can encode it for the wire without copying it into an [`Event`] first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    pub event_type: &'a str,
+    pub tags: Vec<&'a str>,
+    pub data: &'a [u8],
+    pub uuid: Option<Uuid>,
+    pub metadata: Vec<(&'a str, &'a str)>,
+}
+
+impl EventRef<'_> {
+    /// The event, copied out.
+    pub fn to_event(&self) -> Event {
+        Event {
+            event_type: self.event_type.to_owned(),
+            tags: self.tags.iter().map(|&t| t.to_owned()).collect(),
+            data: self.data.to_vec(),
+            uuid: self.uuid,
+            metadata: self
+                .metadata
+                .iter()
+                .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        }
+    }
+}
+
+impl<'a> From<&'a Event> for EventRef<'a> {
+    fn from(e: &'a Event) -> Self {
+        EventRef {
+            event_type: &e.event_type,
+            tags: e.tags.iter().map(String::as_str).collect(),
+            data: &e.data,
+            uuid: e.uuid,
+            metadata: e
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+        }
+    }
+}
+
+/// A recorded event borrowed for the length of a read's visit (see [`EventRef`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SequencedEventRef<'a> {
+    pub position: Position,
+    pub event: EventRef<'a>,
+    pub tracking_info: Option<&'a TrackingInfo>,
+}
+
+impl SequencedEventRef<'_> {
+    /// The event, copied out.
+    pub fn to_sequenced(&self) -> SequencedEvent {
+        SequencedEvent {
+            position: self.position,
+            event: self.event.to_event(),
+            tracking_info: self.tracking_info.cloned(),
+        }
+    }
+}
+
+impl<'a> From<&'a SequencedEvent> for SequencedEventRef<'a> {
+    fn from(e: &'a SequencedEvent) -> Self {
+        SequencedEventRef {
+            position: e.position,
+            event: (&e.event).into(),
+            tracking_info: e.tracking_info.as_ref(),
+        }
+    }
+}
+
 /// Matches an event when (`types` is empty or the event's type is one of them) and every tag in
 /// `tags` is among the event's tags.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

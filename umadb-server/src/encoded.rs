@@ -21,7 +21,7 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{http, BoxFuture, Service};
 use tonic::server::{Grpc, NamedService, ServerStreamingService};
 use tonic::Status;
-use umadb_core::{Position, SequencedEvent};
+use umadb_core::{Position, SequencedEventRef};
 use umadb_proto::v1;
 
 /// One `umadb.v1.ReadResponse` or `umadb.v1.SubscribeResponse`, encoded.
@@ -68,37 +68,52 @@ impl EncodedBatch {
     }
 }
 
-/// Encodes `events` into messages of at most `max_bytes` (an event larger than that goes
-/// alone), in order.
-pub(crate) fn encode_batch(
-    events: Vec<SequencedEvent>,
+/// Builds a batch's messages of at most `max_bytes` (an event larger than that goes alone),
+/// event by event, in order, each encoded from where the read found it.
+pub(crate) struct BatchEncoder {
+    batch: EncodedBatch,
+    buf: Vec<u8>,
+    last: Position,
     head: HeadField,
     max_bytes: usize,
-) -> EncodedBatch {
-    let mut batch = EncodedBatch {
-        messages: Vec::new(),
-        events: events.len(),
-        largest: 0,
-    };
-    let mut buf = Vec::new();
-    let mut last = 0;
-    for event in events {
-        let position = event.position;
-        let start = buf.len();
-        prost::encoding::message::encode(1, &v1::SequencedEvent::from(event), &mut buf);
-        batch.largest = batch.largest.max(buf.len() - start);
-        if start > 0 && buf.len() > max_bytes {
-            let next = buf.split_off(start);
-            batch
-                .messages
-                .push(finish(std::mem::replace(&mut buf, next), last, head));
+}
+
+impl BatchEncoder {
+    pub fn new(head: HeadField, max_bytes: usize) -> Self {
+        BatchEncoder {
+            batch: EncodedBatch {
+                messages: Vec::new(),
+                events: 0,
+                largest: 0,
+            },
+            buf: Vec::new(),
+            last: 0,
+            head,
+            max_bytes,
         }
-        last = position;
     }
-    if !buf.is_empty() {
-        batch.messages.push(finish(buf, last, head));
+
+    pub fn push(&mut self, event: &SequencedEventRef<'_>) {
+        let start = self.buf.len();
+        umadb_proto::borrowed::encode_sequenced_event(1, event, &mut self.buf);
+        self.batch.events += 1;
+        self.batch.largest = self.batch.largest.max(self.buf.len() - start);
+        if start > 0 && self.buf.len() > self.max_bytes {
+            let next = self.buf.split_off(start);
+            let full = std::mem::replace(&mut self.buf, next);
+            self.batch.messages.push(finish(full, self.last, self.head));
+        }
+        self.last = event.position;
     }
-    batch
+
+    pub fn finish(mut self) -> EncodedBatch {
+        if !self.buf.is_empty() {
+            self.batch
+                .messages
+                .push(finish(self.buf, self.last, self.head));
+        }
+        self.batch
+    }
 }
 
 fn finish(mut buf: Vec<u8>, last: Position, head: HeadField) -> (EncodedResponse, Position) {
@@ -247,7 +262,19 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use umadb_core::Event;
+    use umadb_core::{Event, SequencedEvent};
+
+    fn encode_batch(
+        events: Vec<SequencedEvent>,
+        head: HeadField,
+        max_bytes: usize,
+    ) -> EncodedBatch {
+        let mut encoder = BatchEncoder::new(head, max_bytes);
+        for e in &events {
+            encoder.push(&e.into());
+        }
+        encoder.finish()
+    }
 
     fn event(position: Position, data_len: usize) -> SequencedEvent {
         let mut event = Event::new("T", ["tag"], vec![7; data_len]);

@@ -1,8 +1,8 @@
 //! The producers behind the streaming calls: a read pages through a [`Reader`]; a subscription
-//! pages through the log with `read_range` and, when caught up, waits until the fanout sees a
+//! pages through the log with `Store::read_range_with` and, when caught up, waits until the fanout sees a
 //! commit with an event it matches.
 
-use crate::encoded::{encode_batch, EncodedBatch, EncodedResponse, HeadField};
+use crate::encoded::{BatchEncoder, EncodedBatch, EncodedResponse, HeadField};
 use crate::fanout::Follow;
 use crate::outbox::{BatchSizer, Sender, Stop};
 use std::sync::Arc;
@@ -124,17 +124,18 @@ fn next_encoded(
     limited: bool,
     max_bytes: usize,
 ) -> Result<Option<EncodedBatch>, Error> {
-    let Some(events) = reader.next_batch(count)? else {
-        return Ok(None);
-    };
     // With a limit the head is the last event returned so far: when a batch is cut into
-    // several messages, that is the last event of each message.
+    // several messages, that is the last event of each message. Without, it is the head when
+    // the read began.
     let head = if limited {
         HeadField::LastEvent
     } else {
         HeadField::Fixed(reader.head())
     };
-    Ok(Some(encode_batch(events, head, max_bytes)))
+    let mut encoder = BatchEncoder::new(head, max_bytes);
+    Ok(reader
+        .next_batch_with(count, |event| encoder.push(event))?
+        .map(|_| encoder.finish()))
 }
 
 async fn send<T>(
@@ -210,9 +211,12 @@ pub(crate) async fn subscribe(
             sizer.next().min(usize::try_from(r).unwrap_or(usize::MAX))
         });
         let range = move |store: &Store, query: &Query| {
+            let mut encoder = BatchEncoder::new(head, max_bytes);
             store
-                .read_range(query, after + 1, head_now, count)
-                .map(|events| encode_batch(events, head, max_bytes))
+                .read_range_with(query, after + 1, head_now, count, |event| {
+                    encoder.push(event)
+                })
+                .map(|_| encoder.finish())
         };
         let batch = if head_now - after <= INLINE_RANGE {
             // A few new positions: cheaper to look at them here than to hand them to a

@@ -1,7 +1,7 @@
 //! Byte layouts of everything stored. `umadb-core/DESIGN.md` describes the same layouts in prose.
 
 use crate::error::{Error, Result};
-use crate::types::{AppendRequest, Event, Position, TrackingInfo};
+use crate::types::{AppendRequest, Event, EventRef, Position, TrackingInfo};
 use uuid::Uuid;
 
 /// Version of the on-disk format, kept in the `meta` database under [`META_FORMAT`]. Version 2
@@ -265,35 +265,27 @@ pub fn encode_event(event: &Event, tracked: bool, out: &mut Vec<u8>) {
 /// The event type and tags of a record, borrowed from it, after the checks [`decode_event`]
 /// makes of the bytes they come from (version, checksum, lengths, UTF-8).
 pub fn decode_keys(position: Position, bytes: &[u8]) -> Result<(&str, Vec<&str>)> {
-    let parse = || -> Result<(&str, Vec<&str>)> {
-        if bytes.len() < RECORD_HEADER + 1 || bytes[0] != RECORD_V1 {
-            return Err(corrupt("bad header".into()));
-        }
-        let stored = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
-        if stored != crc32fast::hash(&bytes[RECORD_HEADER..]) {
-            return Err(corrupt("bad checksum".into()));
-        }
-        let mut r = Reader::new(&bytes[RECORD_HEADER..], "event record");
-        r.u8()?;
-        let event_type = r.str()?;
-        let tag_count = r.count()?;
-        let mut tags = Vec::with_capacity(tag_count.min(1024));
-        for _ in 0..tag_count {
-            tags.push(r.str()?);
-        }
-        Ok((event_type, tags))
-    };
-    // The full decoder names the position and the fault; it is only run on a damaged record.
-    parse().map_err(|fault| decode_event(position, bytes).err().unwrap_or(fault))
+    decode_event_ref(position, bytes).map(|d| (d.event.event_type, d.event.tags))
 }
 
 /// A decoded record: the event and whether its append carried tracking info.
-pub struct DecodedEvent {
-    pub event: Event,
+pub struct Decoded<E> {
+    pub event: E,
     pub tracked: bool,
 }
 
+pub type DecodedEvent = Decoded<Event>;
+
 pub fn decode_event(position: Position, bytes: &[u8]) -> Result<DecodedEvent> {
+    decode_event_ref(position, bytes).map(|d| Decoded {
+        event: d.event.to_event(),
+        tracked: d.tracked,
+    })
+}
+
+/// The record's event borrowed from `bytes`, after every check: version, checksum, lengths,
+/// UTF-8, no trailing bytes.
+pub fn decode_event_ref(position: Position, bytes: &[u8]) -> Result<Decoded<EventRef<'_>>> {
     // Only an error pays for the name.
     let what = || format!("event record at position {position}");
     if bytes.len() < RECORD_HEADER + 1 {
@@ -321,17 +313,17 @@ pub fn decode_event(position: Position, bytes: &[u8]) -> Result<DecodedEvent> {
     let mut r = Reader::new(&bytes[RECORD_HEADER..], "event record");
     r.position = Some(position);
     let flags = r.u8()?;
-    let event_type = r.string()?;
+    let event_type = r.str()?;
     let tag_count = r.count()?;
     let mut tags = Vec::with_capacity(tag_count.min(1024));
     for _ in 0..tag_count {
-        tags.push(r.string()?);
+        tags.push(r.str()?);
     }
     let meta_count = r.count()?;
     let mut metadata = Vec::with_capacity(meta_count.min(1024));
     for _ in 0..meta_count {
-        let key = r.string()?;
-        let value = r.string()?;
+        let key = r.str()?;
+        let value = r.str()?;
         metadata.push((key, value));
     }
     let uuid = if flags & FLAG_UUID != 0 {
@@ -344,12 +336,12 @@ pub fn decode_event(position: Position, bytes: &[u8]) -> Result<DecodedEvent> {
         None
     };
     let data_len = r.count()?;
-    let data = r.bytes(data_len)?.to_vec();
+    let data = r.bytes(data_len)?;
     if !r.is_empty() {
         return Err(corrupt(format!("{} has trailing bytes", what())));
     }
-    Ok(DecodedEvent {
-        event: Event {
+    Ok(Decoded {
+        event: EventRef {
             event_type,
             tags,
             data,

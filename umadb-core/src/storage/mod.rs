@@ -27,7 +27,9 @@ pub use read::Reader;
 pub use staging::{stage_crash_of_a_build_before_the_log, stamp_format_version};
 
 use crate::error::{Error, Result};
-use crate::types::{AppendRequest, Position, Query, ReadRequest, SequencedEvent, TrackingInfo};
+use crate::types::{
+    AppendRequest, Position, Query, ReadRequest, SequencedEvent, SequencedEventRef, TrackingInfo,
+};
 use format::{Kind, FORMAT_MAGIC, META_FORMAT, META_INDEXED_HEAD};
 use heed::types::Bytes;
 use heed::{
@@ -589,7 +591,25 @@ impl Store {
         to: Position,
         max: usize,
     ) -> Result<Vec<SequencedEvent>> {
-        read::read_range(&self.shared, query, from, to, false, max)
+        let mut events = Vec::new();
+        self.read_range_with(query, from, to, max, |event| {
+            events.push(event.to_sequenced())
+        })?;
+        Ok(events)
+    }
+
+    /// [`Store::read_range`] visiting each event where it is stored instead of copying it out;
+    /// returns how many were visited and the position of the last.
+    pub fn read_range_with(
+        &self,
+        query: &Query,
+        from: Position,
+        to: Position,
+        max: usize,
+        visit: impl FnMut(&SequencedEventRef<'_>),
+    ) -> Result<(usize, Option<Position>)> {
+        let visited = read::read_range_with(&self.shared, query, from, to, false, max, visit)?;
+        Ok((visited.count, visited.last))
     }
 
     /// The position recorded for `source`, if any.

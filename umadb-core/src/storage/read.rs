@@ -5,7 +5,9 @@ use super::eval::{self, Plan};
 use super::recent::Recent;
 use super::{append_tracking, format, nonzero, storage_error, Dbs, Shared};
 use crate::error::Result;
-use crate::types::{Position, Query, ReadRequest, SequencedEvent, TrackingInfo};
+use crate::types::{
+    EventRef, Position, Query, ReadRequest, SequencedEvent, SequencedEventRef, TrackingInfo,
+};
 use heed::RoTxn;
 use std::cell::Cell;
 use std::ops::ControlFlow;
@@ -18,9 +20,9 @@ thread_local! {
 }
 
 /// Decodes the record stored at `position`, counting it.
-fn decode_record(position: Position, bytes: &[u8]) -> Result<format::DecodedEvent> {
+fn decode_record(position: Position, bytes: &[u8]) -> Result<format::Decoded<EventRef<'_>>> {
     RECORDS_DECODED.with(|n| n.set(n.get() + 1));
-    format::decode_event(position, bytes)
+    format::decode_event_ref(position, bytes)
 }
 
 /// A read in progress. Call [`Reader::next_batch`] until it returns `None`.
@@ -81,6 +83,18 @@ impl Reader {
 
     /// Up to `max` more events, or `None` when the read is complete.
     pub fn next_batch(&mut self, max: usize) -> Result<Option<Vec<SequencedEvent>>> {
+        let mut batch = Vec::new();
+        let visited = self.next_batch_with(max, |event| batch.push(event.to_sequenced()))?;
+        Ok(visited.map(|_| batch))
+    }
+
+    /// Visits up to `max` more events where they are stored, within one read transaction, and
+    /// returns how many; `None` when the read is complete.
+    pub fn next_batch_with(
+        &mut self,
+        max: usize,
+        visit: impl FnMut(&SequencedEventRef<'_>),
+    ) -> Result<Option<usize>> {
         let Some(next) = self.next else {
             return Ok(None);
         };
@@ -93,18 +107,26 @@ impl Reader {
         } else {
             (next, self.bound)
         };
-        let batch = read_range(&self.shared, &self.query, lo, hi, self.backwards, want)?;
-        let exhausted = batch.len() < want;
-        if let Some(last) = batch.last() {
-            self.last_returned = Some(last.position);
+        let visited = read_range_with(
+            &self.shared,
+            &self.query,
+            lo,
+            hi,
+            self.backwards,
+            want,
+            visit,
+        )?;
+        let exhausted = visited.count < want;
+        if let Some(last) = visited.last {
+            self.last_returned = Some(last);
             self.next = if self.backwards {
-                nonzero(last.position - 1)
+                nonzero(last - 1)
             } else {
-                last.position.checked_add(1)
+                last.checked_add(1)
             };
         }
         if let Some(remaining) = &mut self.remaining {
-            *remaining -= batch.len() as u64;
+            *remaining -= visited.count as u64;
             if *remaining == 0 {
                 self.next = None;
             }
@@ -112,10 +134,10 @@ impl Reader {
         if exhausted {
             self.next = None;
         }
-        if batch.is_empty() {
+        if visited.count == 0 {
             return Ok(None);
         }
-        Ok(Some(batch))
+        Ok(Some(visited.count))
     }
 }
 
@@ -127,18 +149,31 @@ impl Iterator for Reader {
     }
 }
 
-/// Up to `max` events matching `query` in `lo..=hi`, in one read transaction.
-pub(crate) fn read_range(
+/// What [`read_range_with`] visited.
+#[derive(Clone, Copy)]
+pub(crate) struct Visited {
+    pub count: usize,
+    /// The position of the last event visited.
+    pub last: Option<Position>,
+}
+
+/// Visits up to `max` events matching `query` in `lo..=hi` where they are stored, in one read
+/// transaction.
+pub(crate) fn read_range_with(
     shared: &Shared,
     query: &Query,
     lo: Position,
     hi: Position,
     backwards: bool,
     max: usize,
-) -> Result<Vec<SequencedEvent>> {
-    let mut out = Vec::new();
+    mut visit: impl FnMut(&SequencedEventRef<'_>),
+) -> Result<Visited> {
+    let mut visited = Visited {
+        count: 0,
+        last: None,
+    };
     if max == 0 || lo > hi {
-        return Ok(out);
+        return Ok(visited);
     }
     // Published after its commit: the snapshot taken next holds every position up to it.
     let head = shared.head.load(Ordering::Acquire);
@@ -147,7 +182,7 @@ pub(crate) fn read_range(
     let plan = eval::plan(&txn, dbs, query)?;
     if let Plan::Items(items) = &plan {
         if items.is_empty() {
-            return Ok(out);
+            return Ok(visited);
         }
     }
     let mut tracking_cache: Option<(Position, Position, TrackingInfo)> = None;
@@ -161,40 +196,48 @@ pub(crate) fn read_range(
         hi,
         backwards,
         |position, record| {
-            let event = match record {
-                Some(bytes) => sequenced(&txn, dbs, position, bytes, &mut tracking_cache)?,
-                None => {
-                    let bytes = fetch_record(&txn, dbs, position)?;
-                    let event = sequenced(&txn, dbs, position, bytes, &mut tracking_cache)?;
-                    // The indexes led here: a damaged index must not pass off other events.
-                    if !query.matches(&event.event) {
-                        return Err(format::corrupt(format!(
-                            "the index is damaged: it lists position {position} for a query the \
-                         event there does not match"
-                        )));
-                    }
-                    event
-                }
+            let (bytes, from_index) = match record {
+                Some(bytes) => (bytes, false),
+                None => (fetch_record(&txn, dbs, position)?, true),
             };
-            out.push(event);
-            Ok(if out.len() >= max {
+            let decoded = decode_record(position, bytes)?;
+            // The indexes led here: a damaged index must not pass off other events.
+            if from_index && !query.matches_keys(decoded.event.event_type, &decoded.event.tags) {
+                return Err(format::corrupt(format!(
+                    "the index is damaged: it lists position {position} for a query the event \
+                     there does not match"
+                )));
+            }
+            let tracking_info = if decoded.tracked {
+                Some(tracking_of(&txn, dbs, position, &mut tracking_cache)?)
+            } else {
+                None
+            };
+            visit(&SequencedEventRef {
+                position,
+                event: decoded.event,
+                tracking_info,
+            });
+            visited.count += 1;
+            visited.last = Some(position);
+            Ok(if visited.count >= max {
                 ControlFlow::Break(())
             } else {
                 ControlFlow::Continue(())
             })
         },
     )?;
-    if matches!(plan, Plan::All) && out.len() < max {
-        check_scan_complete(head, &out, lo, hi, backwards)?;
+    if matches!(plan, Plan::All) && visited.count < max {
+        check_scan_complete(head, visited.last, lo, hi, backwards)?;
     }
-    Ok(out)
+    Ok(visited)
 }
 
 /// A scan of the whole log that ended early, inside the committed log, lost part of it to
 /// damaged page structure.
 fn check_scan_complete(
     head: Position,
-    scanned: &[SequencedEvent],
+    reached: Option<Position>,
     lo: Position,
     hi: Position,
     backwards: bool,
@@ -203,7 +246,6 @@ fn check_scan_complete(
     if lo > hi {
         return Ok(());
     }
-    let reached = scanned.last().map(|e| e.position);
     let (complete, missing) = if backwards {
         (reached == Some(lo), reached.map_or(hi, |p| p - 1))
     } else {
@@ -229,35 +271,24 @@ fn fetch_record<'t>(txn: &'t RoTxn, dbs: &Dbs, position: Position) -> Result<&'t
         })
 }
 
-/// Decodes the record at `position` and attaches its append's tracking info.
-fn sequenced(
+/// The tracking info of the append that wrote `position`, from `cache` when the append is the
+/// one found last.
+fn tracking_of<'c>(
     txn: &RoTxn,
     dbs: &Dbs,
     position: Position,
-    bytes: &[u8],
-    tracking_cache: &mut Option<(Position, Position, TrackingInfo)>,
-) -> Result<SequencedEvent> {
-    let decoded = decode_record(position, bytes)?;
-    let tracking_info = if decoded.tracked {
-        match tracking_cache {
-            Some((first, last, info)) if *first <= position && position <= *last => {
-                Some(info.clone())
-            }
-            _ => {
-                let found = append_tracking(txn, dbs, position)?;
-                let info = found.2.clone();
-                *tracking_cache = Some(found);
-                Some(info)
-            }
-        }
-    } else {
-        None
-    };
-    Ok(SequencedEvent {
-        position,
-        event: decoded.event,
-        tracking_info,
-    })
+    cache: &'c mut Option<(Position, Position, TrackingInfo)>,
+) -> Result<&'c TrackingInfo> {
+    let cached = matches!(cache, Some((first, last, _)) if *first <= position && position <= *last);
+    if !cached {
+        *cache = Some(append_tracking(txn, dbs, position)?);
+    }
+    match cache {
+        Some((_, _, info)) => Ok(info),
+        None => Err(format::corrupt(format!(
+            "no tracking info found for position {position}"
+        ))),
+    }
 }
 
 /// Positions of up to `max` events matching `query` in `lo..=hi`, ascending, within `txn`.
