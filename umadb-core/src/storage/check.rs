@@ -277,7 +277,7 @@ fn check_log(
         if report.events % TICK == 0 {
             tick();
         }
-        let decoded = match format::decode_event(position, value) {
+        let decoded = match format::decode_event_ref(position, value) {
             Ok(d) => d,
             Err(e) => {
                 report.problem(e.message().to_string());
@@ -292,18 +292,17 @@ fn check_log(
         if report.events % CACHE_SPAN == 0 {
             cache.clear();
         }
-        let event = &decoded.event;
-        let mut tags: Vec<&String> = event.tags.iter().collect();
-        tags.sort();
-        tags.dedup();
-        let keys = std::iter::once((Kind::EventType, &event.event_type))
-            .chain(tags.into_iter().map(|t| (Kind::Tag, t)));
+        let mut event = decoded.event;
+        event.tags.sort_unstable();
+        event.tags.dedup();
+        let keys = std::iter::once((Kind::EventType, event.event_type))
+            .chain(event.tags.iter().map(|&t| (Kind::Tag, t)));
         for (kind, name) in keys {
             if position <= indexed {
                 part.memberships += 1;
             }
             let kept = match kind {
-                Kind::EventType => type_ids.get(name.as_str()).copied(),
+                Kind::EventType => type_ids.get(name).copied(),
                 _ => None,
             };
             let id = match kept {
