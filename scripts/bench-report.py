@@ -322,6 +322,32 @@ call (4.8 and 4.2 → 8.2 and 6.8), 64 clients 21,462 and 18,602 → 22,588 and 
 queries at 64 clients 191,948 and 195,388 → 140,143 and 190,602 events/s, 8 clients 3,702 and
 4,611 → 2,768 and 2,805, the mixed run's writers 4,985 and 3,661 → 6,558 and 2,453.
 
+Where one client's append spends its CPU time, per thread (each thread's user and system time
+from `/proc` over a whole 3 s run, divided by the calls; 2026-12-03): the server's two async
+workers about 65 µs each (130 µs, half of it in the kernel), its writer 130 µs (107 µs in the
+kernel: the log's write and flush, waiting for and being woken with a request, waking the async
+side with the answer), the load generator 115 µs. A `head` call at one client keeps one server
+worker busy, 59 µs, and the load generator 66 µs. An append moves between threads four times
+more than a `head` call. A scratch build that committed an append on the async thread that
+received it (the first caller to find the writer's state free committed every queued request,
+leader and followers; not kept) saved the two hand-offs to the writer thread and back: 1 client
+1,481 and 1,591 → 1,741 and 1,849 events/s (server CPU per append 340 and 321 → 270 and 256
+µs), but an async thread blocked on a commit holds up the calls queued behind it: 8 clients
+10,021 and 7,645 → 6,730 and 6,650, 64 clients 25,273 and 20,719 → 18,943 and 18,301. Committing
+on the caller's thread only when no other append was in flight and the last group had been one
+append alone, with the writer thread taking everything else, lost at 8 clients as well in three
+alternating rounds (9,787, 9,127, 9,920 → 7,990, 9,589, 8,486 events/s) for an uncertain gain at
+1 client (1,740, 1,528, 1,557 → 1,652, 2,048, 1,652); not kept either.
+
+Reads since 2026-12-03 encode each event from the snapshot where LMDB holds it: the record is
+checked (version, checksum, lengths, UTF-8) and borrowed, and its protobuf written from the
+borrowed fields (`umadb_proto::borrowed`), where before it was copied into an owned event, then
+into a prost message, encoded, and both freed. The server's CPU time per event read, over whole
+runs of `read --clients 4 --seconds 3` on fresh copies of the 1M store, alternating with the
+build before (3 pairs): 0.563, 0.577 and 0.623 µs → 0.441, 0.458 and 0.456 µs (−21% at the
+medians), 1.61–1.69M → 1.87–2.00M events/s. `umadb check` decodes every record the same way:
+of the 10M-event store, 10.0–10.3 s → 8.3–9.7 s (3 pairs, page cache warm).
+
 The whole suite was run with the log on that slower machine too (`SECONDS_PER_RUN=3
 ./scripts/bench`, 2026-12-03; its probe: fdatasync 0.23 ms, an LMDB-like commit 0.81 ms, the
 Python loop 0.92 s, against 0.17 ms, 0.52 ms and 0.59 s for the run of 2026-12-02 above). It
