@@ -337,7 +337,13 @@ leader and followers; not kept) saved the two hand-offs to the writer thread and
 on the caller's thread only when no other append was in flight and the last group had been one
 append alone, with the writer thread taking everything else, lost at 8 clients as well in three
 alternating rounds (9,787, 9,127, 9,920 → 7,990, 9,589, 8,486 events/s) for an uncertain gain at
-1 client (1,740, 1,528, 1,557 → 1,652, 2,048, 1,652); not kept either.
+1 client (1,740, 1,528, 1,557 → 1,652, 2,048, 1,652); not kept either. The same rule with the
+writer thread fed by its channel as today (the commit's state behind a mutex the thread and an
+inline caller share) passed the tests, and with one client committed everything on the async
+thread (the writer thread idle), but the machine's neighbours stole 0–39% of the CPU time
+through every comparison: five alternating pairs at 1 client went both ways (716, 420, 815,
+1,327, 2,075 → 520, 739, 1,256, 1,513, 1,828 events/s), 8 clients 7,549, 8,695, 9,350 → 7,524,
+9,564, 7,143. Worth measuring again on a quiet machine; not kept without a gain shown.
 
 Reads since 2026-12-03 encode each event from the snapshot where LMDB holds it: the record is
 checked (version, checksum, lengths, UTF-8) and borrowed, and its protobuf written from the
