@@ -89,6 +89,13 @@ pub struct SequencedEvent {
 
 /// An event borrowed from where it is stored or held: what a read hands to a visitor, so that
 /// a server can encode it for the wire without copying it into an [`Event`] first.
+///
+/// ```
+/// let event = umadb_core::Event::new("CourseDefined", ["course:c1"], b"{}".to_vec());
+/// let borrowed = umadb_core::EventRef::from(&event);
+/// assert_eq!(borrowed.tags, ["course:c1"]);
+/// assert_eq!(borrowed.to_event(), event);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRef<'a> {
     pub event_type: &'a str,
@@ -132,6 +139,25 @@ impl<'a> From<&'a Event> for EventRef<'a> {
 }
 
 /// A recorded event borrowed for the length of a read's visit (see [`EventRef`]).
+///
+/// ```
+/// use umadb_core::{AppendRequest, Event, Query, Store};
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = Store::open(dir.path().join("db")).unwrap();
+/// store
+///     .append(AppendRequest {
+///         events: vec![Event::new("Registered", ["student:1"], b"{}".to_vec())],
+///         ..Default::default()
+///     })
+///     .unwrap();
+/// let mut types = Vec::new();
+/// let (count, last) = store
+///     .read_range_with(&Query::all(), 1, 10, 100, |e| {
+///         types.push(format!("{}@{}", e.event.event_type, e.position))
+///     })
+///     .unwrap();
+/// assert_eq!((count, last, types), (1, Some(1), vec!["Registered@1".to_string()]));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SequencedEventRef<'a> {
     pub position: Position,

@@ -765,6 +765,78 @@ fn read_range_returns_matches_within_bounds_ascending() {
         .is_empty());
 }
 
+#[test]
+fn a_visiting_read_is_handed_each_event_exactly_as_a_copying_read_returns_it() {
+    let (_dir, store) = temp_store();
+    let mut rich = event("Rich", &["a", "b"]).with_uuid(Uuid::from_u128(7));
+    rich.metadata = vec![("k".into(), "v".into()), ("".into(), "".into())];
+    rich.data = vec![0, 255, 1];
+    for (i, tracked) in [None, Some(tracking("up", 5)), Some(tracking("up", 9))]
+        .into_iter()
+        .enumerate()
+    {
+        store
+            .append(AppendRequest {
+                events: vec![
+                    rich.clone(),
+                    event("Plain", &["a"]),
+                    event(&i.to_string(), &[]),
+                ],
+                tracking_info: tracked,
+                ..Default::default()
+            })
+            .expect("append");
+    }
+    let requests = [
+        (Query::all(), None, false, None),
+        (Query::all(), Some(8), true, None),
+        (query(vec![item(&[], &["a"])]), Some(2), false, Some(3)),
+        (query(vec![item(&["Rich"], &["b"])]), None, true, None),
+    ];
+    for (q, start, backwards, limit) in requests {
+        let request = ReadRequest {
+            query: q.clone(),
+            start,
+            backwards,
+            limit,
+        };
+        let (copied, copied_head) = store.read_all(request.clone()).expect("read");
+        let mut reader = store.read(request).expect("read");
+        let mut visited = Vec::new();
+        while let Some(n) = reader
+            .next_batch_with(2, |e| visited.push(e.to_sequenced()))
+            .expect("batch")
+        {
+            assert!(n > 0 && n <= 2, "a batch visits 1..=2 events, not {n}");
+        }
+        assert_eq!(
+            visited, copied,
+            "{q:?} from {start:?}, backwards {backwards}"
+        );
+        assert_eq!(reader.head(), copied_head);
+        if !backwards && limit.is_none() {
+            let mut ranged = Vec::new();
+            let (count, last) = store
+                .read_range_with(&q, start.unwrap_or(1), 9, 100, |e| {
+                    ranged.push(e.to_sequenced())
+                })
+                .expect("range");
+            assert_eq!(
+                ranged,
+                store.read_range(&q, start.unwrap_or(1), 9, 100).unwrap()
+            );
+            assert_eq!(
+                (count, last),
+                (ranged.len(), ranged.last().map(|e| e.position))
+            );
+        }
+    }
+    let (all, _) = store.read_all(ReadRequest::default()).expect("read");
+    assert_eq!(all[0].event, rich);
+    assert_eq!(all[3].tracking_info, Some(tracking("up", 5)));
+    assert_eq!(all[8].tracking_info, Some(tracking("up", 9)));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Query matching
 
