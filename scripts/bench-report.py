@@ -340,10 +340,13 @@ alternating rounds (9,787, 9,127, 9,920 → 7,990, 9,589, 8,486 events/s) for an
 1 client (1,740, 1,528, 1,557 → 1,652, 2,048, 1,652); not kept either. The same rule with the
 writer thread fed by its channel as today (the commit's state behind a mutex the thread and an
 inline caller share) passed the tests, and with one client committed everything on the async
-thread (the writer thread idle), but the machine's neighbours stole 0–39% of the CPU time
-through every comparison: five alternating pairs at 1 client went both ways (716, 420, 815,
-1,327, 2,075 → 520, 739, 1,256, 1,513, 1,828 events/s), 8 clients 7,549, 8,695, 9,350 → 7,524,
-9,564, 7,143. Worth measuring again on a quiet machine; not kept without a gain shown.
+thread (the writer thread idle). Measured in rounds of four 2 s runs, today's build and it in
+the order A B B A so that the machine's drift falls on both alike: at 1 client (4 rounds) 1,353
+→ 1,488 events/s at the medians (+10%; it won 7 of the 8 runs against its neighbour), p50 0.66
+→ 0.58 ms, server CPU per append 384 → 312 µs; at 8 clients (3 rounds) −8% to +2% per round;
+at 64 clients (2 rounds) 20,852, 21,224, 22,561, 21,317 → 20,487, 20,241, 18,657, 18,844
+events/s, lower in both rounds, with more server CPU per append (42–45 → 46–49 µs), which the
+thread path it takes there should not cost. Not kept until that loss is understood.
 
 Reads since 2026-12-03 encode each event from the snapshot where LMDB holds it: the record is
 checked (version, checksum, lengths, UTF-8) and borrowed, and its protobuf written from the
