@@ -346,7 +346,10 @@ the order A B B A so that the machine's drift falls on both alike: at 1 client (
 → 0.58 ms, server CPU per append 384 → 312 µs; at 8 clients (3 rounds) −8% to +2% per round;
 at 64 clients (2 rounds) 20,852, 21,224, 22,561, 21,317 → 20,487, 20,241, 18,657, 18,844
 events/s, lower in both rounds, with more server CPU per append (42–45 → 46–49 µs), which the
-thread path it takes there should not cost. Not kept until that loss is understood.
+thread path it takes there should not cost. Not kept until that loss is understood, and
+not without weighing what it couples: an append committed on an async thread holds every other
+call on that thread (reads, subscriptions) for the length of its flush, milliseconds on a busy
+disk, exactly when appends are sparse.
 
 Reads since 2026-12-03 encode each event from the snapshot where LMDB holds it: the record is
 checked (version, checksum, lengths, UTF-8) and borrowed, and its protobuf written from the
