@@ -1,6 +1,6 @@
 //! The producers behind the streaming calls: a read pages through a [`Reader`]; a subscription
-//! pages through the log with `Store::read_range_with` and, when caught up, waits until the fanout sees a
-//! commit with an event it matches.
+//! pages through the log with `Store::read_range_with` and, when caught up, waits until the
+//! fanout sees a commit with an event it matches.
 
 use crate::encoded::{BatchEncoder, EncodedBatch, EncodedResponse, HeadField};
 use crate::fanout::Follow;
