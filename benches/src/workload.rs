@@ -78,7 +78,8 @@ pub struct RunResult {
     pub events_per_sec: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
-    /// For mixed runs: the readers' share, reported separately.
+    /// For mixed runs the readers' share, for follow runs the subscribers', reported
+    /// separately.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub readers: Option<Box<RunResult>>,
     /// The whole machine's CPU time over the run (for mixed runs, the writers' time), where
@@ -89,9 +90,9 @@ pub struct RunResult {
 
 /// Per-client tallies, merged after the run.
 #[derive(Default)]
-struct Tally {
-    requests: u64,
-    events: u64,
+pub(crate) struct Tally {
+    pub(crate) requests: u64,
+    pub(crate) events: u64,
     errors: u64,
     latencies_us: Vec<u32>,
     first_error: Option<String>,
@@ -99,7 +100,7 @@ struct Tally {
 
 impl Tally {
     /// A client that could not even start: one error, nothing done.
-    fn failed(error: String) -> Self {
+    pub(crate) fn failed(error: String) -> Self {
         Tally {
             errors: 1,
             first_error: Some(error),
@@ -107,23 +108,29 @@ impl Tally {
         }
     }
 
-    fn record(&mut self, started: Instant, result: Result<u64, String>) {
-        self.latencies_us
-            .push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
+    pub(crate) fn record(&mut self, started: Instant, result: Result<u64, String>) {
+        self.latency(started.elapsed());
         match result {
             Ok(events) => {
                 self.requests += 1;
                 self.events += events;
             }
-            Err(e) => {
-                self.errors += 1;
-                self.first_error.get_or_insert(e);
-            }
+            Err(e) => self.fail(e),
         }
+    }
+
+    pub(crate) fn latency(&mut self, latency: Duration) {
+        self.latencies_us
+            .push(latency.as_micros().min(u32::MAX as u128) as u32);
+    }
+
+    pub(crate) fn fail(&mut self, error: String) {
+        self.errors += 1;
+        self.first_error.get_or_insert(error);
     }
 }
 
-fn summarise(
+pub(crate) fn summarise(
     workload: &str,
     clients: usize,
     per_request: usize,
@@ -167,7 +174,7 @@ fn summarise(
     }
 }
 
-fn progress(label: &str, seconds: u64) -> ProgressBar {
+pub(crate) fn progress(label: &str, seconds: u64) -> ProgressBar {
     let bar = ProgressBar::new(seconds);
     bar.set_style(
         ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos}/{len}s {msg}")
@@ -597,7 +604,11 @@ async fn run_clients(
     (elapsed, tallies, cpu)
 }
 
-fn tick(bar: ProgressBar, started: Instant, seconds: u64) -> tokio::task::JoinHandle<()> {
+pub(crate) fn tick(
+    bar: ProgressBar,
+    started: Instant,
+    seconds: u64,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -606,7 +617,7 @@ fn tick(bar: ProgressBar, started: Instant, seconds: u64) -> tokio::task::JoinHa
     })
 }
 
-async fn join_all(tasks: Vec<tokio::task::JoinHandle<Tally>>) -> Vec<Tally> {
+pub(crate) async fn join_all(tasks: Vec<tokio::task::JoinHandle<Tally>>) -> Vec<Tally> {
     let mut tallies = Vec::with_capacity(tasks.len());
     for task in tasks {
         tallies.push(

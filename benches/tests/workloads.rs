@@ -1,12 +1,27 @@
-//! The load generator's append workloads against a real server on loopback: they write what
-//! they claim to write, and their conditions never fail.
+//! The load generator's append and follow workloads against a real server on loopback: they
+//! write what they claim to write, their conditions never fail, and each subscriber receives
+//! what it follows.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use umadb_benches::follow::{self, FollowSpec};
 use umadb_benches::workload::{self, AppendSpec, Target};
 use umadb_proto::v1;
 use umadb_server::ServerConfig;
+
+/// A server on a loopback port over a new store in `dir`, and how to reach it.
+async fn start(dir: &tempfile::TempDir) -> (umadb_server::RunningServer, Target) {
+    let listen: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    let server = umadb_server::start(ServerConfig::new(listen, dir.path().join("store")))
+        .await
+        .expect("server starts");
+    let target = Target {
+        url: format!("http://{}", server.local_addr()),
+        api_key: None,
+    };
+    (server, target)
+}
 
 async fn head(target: &Target) -> u64 {
     let mut client = target.connect().await.expect("connects");
@@ -43,14 +58,7 @@ async fn events_after(target: &Target, after: u64) -> Vec<v1::SequencedEvent> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn append_workloads_write_the_same_events_with_or_without_a_condition() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let listen: SocketAddr = "127.0.0.1:0".parse().expect("address");
-    let server = umadb_server::start(ServerConfig::new(listen, dir.path().join("store")))
-        .await
-        .expect("server starts");
-    let target = Target {
-        url: format!("http://{}", server.local_addr()),
-        api_key: None,
-    };
+    let (server, target) = start(&dir).await;
     let prepopulated = workload::prepopulate(&target, 1_000, 400, 1_000)
         .await
         .expect("prepopulates");
@@ -86,6 +94,49 @@ async fn append_workloads_write_the_same_events_with_or_without_a_condition() {
         }
         // Each request's tag is its own: exactly the request's three events carry it.
         assert!(per_boundary.values().all(|&n| n == 3), "{case}");
+    }
+    server.shutdown().await.expect("server stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_follow_workload_delivers_every_event_to_each_subscriber_that_follows_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (server, target) = start(&dir).await;
+    workload::prepopulate(&target, 100, 100, 100)
+        .await
+        .expect("prepopulates");
+
+    for (spec, fanout) in [(FollowSpec::Everything, 3), (FollowSpec::OwnTag, 1)] {
+        let before = head(&target).await;
+        let run = follow::follow(&target, 2, 3, spec, 1).await;
+        let subscribers = run.readers.as_deref().expect("the subscribers' figures");
+        assert_eq!(run.errors, 0, "{spec:?}: no append fails");
+        assert_eq!(
+            subscribers.errors, 0,
+            "{spec:?}: each received what it follows, in order"
+        );
+        assert!(run.events > 0, "{spec:?}: some appends were made");
+        assert_eq!(head(&target).await - before, run.events, "{spec:?}");
+        // Under `OwnTag` each event reaches one subscriber, under `Everything` all three.
+        assert_eq!(subscribers.events, run.events * fanout, "{spec:?}");
+        assert!(
+            subscribers.p50_ms > 0.0,
+            "{spec:?}: delivery latencies were taken"
+        );
+
+        let written = events_after(&target, before).await;
+        for (i, sequenced) in written.iter().enumerate() {
+            let event = sequenced.event.as_ref().expect("an event");
+            let own: Vec<_> = event
+                .tags
+                .iter()
+                .filter(|t| t.starts_with("follow-"))
+                .collect();
+            match spec {
+                FollowSpec::Everything => assert!(own.is_empty(), "{spec:?}"),
+                FollowSpec::OwnTag => assert_eq!(own.len(), 1, "{spec:?}: event {i}"),
+            }
+        }
     }
     server.shutdown().await.expect("server stops");
 }

@@ -12,6 +12,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
+use umadb_benches::follow::{self, FollowSpec};
 use umadb_benches::report;
 use umadb_benches::workload::{self, AppendSpec, ReadSpec, RunResult, Target};
 
@@ -38,7 +39,7 @@ struct Cli {
     /// Where to write the JSON results.
     #[arg(long, global = true, default_value = "bench-results.json")]
     out: PathBuf,
-    /// Run append/read/mixed/head this many times and report the median run (by events/s, or
+    /// Run append/read/mixed/follow/head this many times and report the median run (by events/s, or
     /// requests/s for head); every run goes into the JSON. With growth: this many runs at each
     /// store size, the median kept.
     #[arg(long, global = true, default_value_t = 1)]
@@ -101,6 +102,22 @@ enum Command {
         tag_query: bool,
         #[arg(long, default_value_t = 100_000)]
         tags: u64,
+    },
+    /// Writers appending while live subscriptions follow the store: the writers' rate, and
+    /// how many events reach the subscribers how soon (from the append request leaving its
+    /// writer to the event arriving). Every subscriber must receive exactly the events it
+    /// follows, in order; anything else counts as an error.
+    Follow {
+        #[arg(long, default_value_t = 8)]
+        writers: usize,
+        #[arg(long, default_value_t = 4)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Subscriber k follows the tag follow-k, and each event carries one such tag in
+        /// turn, instead of every subscriber following every event.
+        #[arg(long)]
+        own_tag: bool,
     },
     /// Concurrent callers of `Head`, which does no storage work: the rate of the gRPC round
     /// trip alone, a ceiling for one-event appends.
@@ -173,6 +190,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 | Command::Read { .. }
                 | Command::Mixed { .. }
                 | Command::Head { .. }
+                | Command::Follow { .. }
         );
     let results: Vec<RunResult> = match cli.command {
         Command::Prepopulate { events, batch } => {
@@ -240,6 +258,23 @@ async fn run(cli: Cli) -> Result<(), String> {
                     )
                     .await,
                 );
+            }
+            median_first(runs)
+        }
+        Command::Follow {
+            writers,
+            subscribers,
+            seconds,
+            own_tag,
+        } => {
+            let spec = if own_tag {
+                FollowSpec::OwnTag
+            } else {
+                FollowSpec::Everything
+            };
+            let mut runs = Vec::new();
+            for _ in 0..cli.repeat.max(1) {
+                runs.push(follow::follow(&target, writers, subscribers, spec, seconds).await);
             }
             median_first(runs)
         }
