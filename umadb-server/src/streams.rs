@@ -3,7 +3,7 @@
 //! fanout sees a commit with an event it matches.
 
 use crate::encoded::{BatchEncoder, EncodedBatch, EncodedResponse, HeadField};
-use crate::fanout::Follow;
+use crate::fanout::{Follow, Wake};
 use crate::outbox::{BatchSizer, Sender, Stop};
 use std::sync::Arc;
 use tonic::Status;
@@ -195,11 +195,14 @@ pub(crate) async fn subscribe(
     let max_bytes = paging.max_message_bytes;
     let mut sizer = BatchSizer::new(paging.batch_size, max_bytes);
     let mut remaining = limit;
+    // The watch's value when a read last reached its position with nothing left to read.
+    let mut read_to: Option<Wake> = None;
     loop {
         if remaining == Some(0) {
             return Ok(());
         }
-        let head_now = *follow.wake.borrow_and_update();
+        let wake = *follow.wake.borrow_and_update();
+        let head_now = wake.head;
         if after >= head_now {
             match out.wait(follow.wake.changed()).await {
                 Ok(Ok(())) => continue,
@@ -218,9 +221,18 @@ pub(crate) async fn subscribe(
                 })
                 .map(|_| encoder.finish())
         };
-        let batch = if head_now - after <= INLINE_RANGE {
-            // A few new positions: cheaper to look at them here than to hand them to a
-            // read thread, which matters when many subscriptions wake on each commit.
+        // The events to read, as the fanout counted them, when it counted them all since
+        // this subscription last read up to `after`.
+        let pending = read_to
+            .filter(|read| read.head == after)
+            .and_then(|read| wake.matched_since(&read));
+        let batch = if pending.is_some_and(|n| n <= INLINE_BATCH as u64)
+            || head_now - after <= INLINE_RANGE
+        {
+            // A few events, or a few new positions: cheaper to look at them here than to hand
+            // them to a read thread, which matters when many subscriptions wake on each
+            // commit. A query that matches few of many new positions finds them through the
+            // indexes and the window of recent events, at the cost of what it matches.
             range(&store, &query)
         } else {
             let (range_store, range_query) = (store.clone(), query.clone());
@@ -232,6 +244,7 @@ pub(crate) async fn subscribe(
             Some(last) if batch.events == count => last,
             _ => head_now,
         };
+        read_to = (after == head_now).then_some(wake);
         if let Some(r) = remaining.as_mut() {
             *r -= batch.events as u64;
         }
