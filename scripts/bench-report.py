@@ -372,6 +372,20 @@ not without weighing what it couples: an append committed on an async thread hol
 call on that thread (reads, subscriptions) for the length of its flush, milliseconds on a busy
 disk, exactly when appends are sparse.
 
+What the log's flush costs, and two ways around it that did not pay (2026-12-03, scratch builds,
+fresh copies of the 1M store, alternating). With the flush skipped altogether (an upper bound,
+not durable): 1 client 1,854 → 3,370 events/s, 8 clients 9,877 → 17,756 (server CPU per append
+85 → 57 µs), 100 events per request at 8 clients 317,004 → 418,291. Handing each group's flush,
+publication and answers to a thread of their own, so that the writer commits the next group
+while the last one's flush runs: 8 clients 7,820, 9,378, 8,834, 8,400 → 9,012, 8,686, 8,348,
+8,620 events/s, 100 events per request 297,769, 314,216, 348,540, 366,359 → 281,280, 282,136,
+383,061, 382,826: no gain. The disk's flushes are the queue either way: a flush covers every
+record written before it, so flushing back to back only makes each group smaller. Waiting up to
+150 or 400 µs for more requests before committing, when the last group had several (group
+commit with a delay for its siblings): 8 clients 10,063 and 8,094 → 6,025 and 5,168 (150 µs),
+4,133 and 4,723 (400 µs) events/s, with more server CPU per append (84–102 → 121–140 µs): the
+async threads park during the wait and must be woken again.
+
 Reads since 2026-12-03 encode each event from the snapshot where LMDB holds it: the record is
 checked (version, checksum, lengths, UTF-8) and borrowed, and its protobuf written from the
 borrowed fields (`umadb_proto::borrowed`), where before it was copied into an owned event, then
