@@ -65,6 +65,7 @@ pub async fn follow(
     };
     let writers = writers.max(1);
     let subscribers = subscribers.max(1);
+    let began = Instant::now();
     let start = match first_head(target).await {
         Ok(head) => head,
         Err(e) => {
@@ -73,7 +74,7 @@ pub async fn follow(
                 &format!("{name}-writers"),
                 writers,
                 1,
-                Duration::ZERO,
+                began.elapsed(),
                 vec![failed],
             );
         }
@@ -83,7 +84,8 @@ pub async fn follow(
         written: (0..subscribers).map(|_| AtomicU64::new(0)).collect(),
         writers_done: AtomicBool::new(false),
     });
-    // Subscribed from the head before any writer starts, so every event written is theirs.
+    // Subscribed after the head read before any writer starts: every event written comes
+    // after it, whether a subscription reaches the server before the first append or after.
     let subscriber_tasks: Vec<_> = (0..subscribers)
         .map(|k| {
             tokio::spawn(subscriber(
