@@ -256,6 +256,8 @@ impl Fanout {
     fn count_now(&self, from: Position, to: Position) -> umadb_core::Result<Counted> {
         let mut counted = Counted::default();
         let max = (to - from) as usize;
+        // The state is locked per event, not across the read, so that subscriptions come and
+        // go while a large step is read (those that came are moved uncounted).
         let (events, _) =
             self.store
                 .read_range_with(&Query::all(), from + 1, to, max, |sequenced| {
@@ -319,8 +321,10 @@ impl State {
         for (id, n) in &counted.by_id {
             self.wake(*id, to, *n, false);
         }
-        for id in self.subscribers.keys().filter(|id| **id >= first_new) {
-            self.wake(*id, to, 0, true);
+        // Ids are handed out in order: those registered since are the ones from `first_new`
+        // (usually none), found without going through every subscription.
+        for id in first_new..self.next_id {
+            self.wake(id, to, 0, true);
         }
     }
 
