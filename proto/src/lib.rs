@@ -204,8 +204,25 @@ pub fn status_from_error(error: &core::Error) -> Status {
     Status::with_details(code, error.message(), details.encode_to_vec().into())
 }
 
+/// The status for a call the server stopped waiting for at its deadline (the server's request
+/// timeout, or the client's `grpc-timeout` when shorter): DEADLINE_EXCEEDED, with an
+/// `ErrorResponse` of type IO. What the call started may still complete afterwards.
+pub fn deadline_exceeded(message: &str) -> Status {
+    let details = v1::ErrorResponse {
+        message: message.to_string(),
+        error_type: ErrorType::Io as i32,
+    };
+    Status::with_details(
+        Code::DeadlineExceeded,
+        message,
+        details.encode_to_vec().into(),
+    )
+}
+
 /// The error a status stands for: from its `ErrorResponse` details when present, otherwise from
-/// its code (statuses made by the transport itself carry no details).
+/// its code (statuses made by the transport itself carry no details). Type IO stands for both a
+/// failure of the server's disk (INTERNAL) and a condition of the connection that may pass
+/// (UNAVAILABLE: the server is shutting down; DEADLINE_EXCEEDED): the code tells them apart.
 pub fn error_from_status(status: &Status) -> core::Error {
     if let Ok(details) = v1::ErrorResponse::decode(status.details()) {
         if !status.details().is_empty() {
@@ -215,6 +232,11 @@ pub fn error_from_status(status: &Status) -> core::Error {
                 Ok(ErrorType::InvalidArgument) => core::Error::InvalidArgument(message),
                 Ok(ErrorType::Authentication) => core::Error::Authentication(message),
                 Ok(ErrorType::Corruption) => core::Error::Corruption(message),
+                Ok(ErrorType::Io)
+                    if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) =>
+                {
+                    core::Error::Transport(message)
+                }
                 Ok(ErrorType::Io) => core::Error::Io(message),
                 Ok(ErrorType::Serialization) => core::Error::Serialization(message),
                 Ok(ErrorType::Internal) | Err(_) => core::Error::Internal(message),
@@ -254,11 +276,25 @@ mod tests {
             core::Error::Authentication("bad key".into()),
             core::Error::Corruption("bad checksum".into()),
             core::Error::Io("disk full".into()),
+            core::Error::Transport("shutting down".into()),
+            core::Error::Serialization("not a message".into()),
             core::Error::Internal("bug".into()),
         ];
         for error in errors {
             assert_eq!(error_from_status(&status_from_error(&error)), error);
         }
+    }
+
+    #[test]
+    fn a_call_past_its_deadline_is_a_transport_error_not_a_disk_failure() {
+        let status = deadline_exceeded("not answered in time");
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        let details = v1::ErrorResponse::decode(status.details()).expect("details decode");
+        assert_eq!(details.error_type, ErrorType::Io as i32);
+        assert_eq!(
+            error_from_status(&status),
+            core::Error::Transport("not answered in time".into())
+        );
     }
 
     #[test]

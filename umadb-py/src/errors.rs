@@ -33,7 +33,8 @@ const SPECS: [Spec; 8] = [
     Spec {
         name: "TransportError",
         base: |py| py.get_type::<PyRuntimeError>(),
-        doc: "The server could not be reached, the connection broke, or the client is closed.",
+        doc: "The server could not be reached, the connection broke, the client is closed, the \
+              server is shutting down, or it did not answer within its request timeout.",
     },
     Spec {
         name: "AuthenticationError",

@@ -291,7 +291,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         DcbServer::from_arc(service.clone()).max_decoding_message_size(limits.max_message_bytes);
     // Read is served with responses encoded where they are read (see `encoded`).
     let dcb = encoded::EncodedRoutes::new(dcb, service, limits.max_message_bytes);
-    let dcb = wire_errors::WireErrors::new(dcb, limits.max_message_bytes);
+    let dcb = wire_errors::WireErrors::new(dcb, limits.max_message_bytes, limits.request_timeout);
     // The key check runs first, before the request is even decoded.
     let dcb = InterceptedService::new(dcb, auth::ApiKeys::new(&config.api_keys));
 
@@ -300,11 +300,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .max_concurrent_streams(Some(limits.max_streams_per_connection));
-    if let Some(timeout) = limits.request_timeout {
-        // Bounds the time to the response headers: unary calls. Streams send theirs at once, or
-        // (a read) once its first small batch is read.
-        builder = builder.timeout(timeout);
-    }
     if let Some(tls) = tls {
         builder = builder
             .tls_config(tls)

@@ -1,10 +1,18 @@
-//! Requests tonic cannot decode (too large, garbage, truncated) are refused by tonic before a
-//! handler runs, with OUT_OF_RANGE or INTERNAL and no `ErrorResponse`. This wrapper turns those
-//! into the INVALID_ARGUMENT statuses of DESIGN.md, with details, so clients see a clear input
-//! error instead of what looks like a server fault.
+//! Failures that happen around a handler rather than in it, given the `ErrorResponse` details of
+//! DESIGN.md that tonic's own statuses lack:
+//!
+//! - Requests tonic cannot decode (too large, garbage, truncated) are refused by tonic before a
+//!   handler runs, with OUT_OF_RANGE or INTERNAL and no details. They become INVALID_ARGUMENT
+//!   statuses, so clients see a clear input error instead of what looks like a server fault.
+//! - A call not answered within the request timeout (or the client's `grpc-timeout`, when
+//!   shorter) is answered DEADLINE_EXCEEDED, type IO, saying that an append may still be
+//!   recorded. tonic's own timeout answered a bare CANCELLED, which clients take for a call
+//!   their user cancelled. The timeout bounds the time to the response headers: unary calls;
+//!   streams send theirs at once, or (a read) once its first small batch is read.
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tonic::body::Body;
 use tonic::codegen::{http, BoxFuture, Service};
 use tonic::server::NamedService;
@@ -16,13 +24,15 @@ use umadb_proto::status_from_error;
 pub(crate) struct WireErrors<S> {
     inner: S,
     max_message_bytes: usize,
+    request_timeout: Option<Duration>,
 }
 
 impl<S> WireErrors<S> {
-    pub fn new(inner: S, max_message_bytes: usize) -> Self {
+    pub fn new(inner: S, max_message_bytes: usize, request_timeout: Option<Duration>) -> Self {
         WireErrors {
             inner,
             max_message_bytes,
+            request_timeout,
         }
     }
 }
@@ -45,13 +55,56 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let limit = match (self.request_timeout, client_deadline(request.headers())) {
+            (Some(server), Some(client)) => Some(server.min(client)),
+            (server, client) => server.or(client),
+        };
         let future = self.inner.call(request);
         let max = self.max_message_bytes;
         Box::pin(async move {
-            let response = future.await?;
+            let response = match limit {
+                None => future.await?,
+                Some(limit) => match tokio::time::timeout(limit, future).await {
+                    Ok(response) => response?,
+                    // Dropping the handler's future does not withdraw an append the writer
+                    // already has: it commits or fails on its own.
+                    Err(_) => return Ok(timed_out(limit)),
+                },
+            };
             Ok(rewrite(response, max))
         })
     }
+}
+
+/// The client's deadline for the call, from its `grpc-timeout` header (up to 8 digits and a
+/// unit); none when absent or malformed.
+fn client_deadline(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let unit_at = value.len().checked_sub(1)?;
+    let (digits, unit) = value.split_at(unit_at);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+fn timed_out(limit: Duration) -> http::Response<Body> {
+    let message = format!(
+        "the call was not answered within {limit:?} (the server's request timeout, or the \
+         client's deadline when shorter); an append may still be recorded after this: append \
+         it again with the same event uuids (an idempotent retry) or read to check"
+    );
+    tracing::debug!("{message}");
+    umadb_proto::deadline_exceeded(&message).into_http()
 }
 
 /// Replaces a detail-less decode failure in a trailers-only response; leaves the rest alone.
@@ -85,4 +138,49 @@ fn rewrite(response: http::Response<Body>, max_message_bytes: usize) -> http::Re
         return status.into_http();
     }
     http::Response::from_parts(parts, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deadline(value: &str) -> Option<Duration> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "grpc-timeout",
+            http::HeaderValue::from_str(value).expect("header value"),
+        );
+        client_deadline(&headers)
+    }
+
+    #[test]
+    fn a_client_deadline_is_read_in_every_unit_of_the_grpc_spec() {
+        assert_eq!(deadline("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(deadline("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(deadline("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(deadline("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(
+            deadline("99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
+        assert_eq!(deadline("7n"), Some(Duration::from_nanos(7)));
+        assert_eq!(client_deadline(&http::HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn a_malformed_client_deadline_is_ignored() {
+        for value in [
+            "",
+            "S",
+            "5",
+            "5s",
+            "+5S",
+            "-5S",
+            "123456789S",
+            "1.5S",
+            "5SS",
+        ] {
+            assert_eq!(deadline(value), None, "{value:?}");
+        }
+    }
 }

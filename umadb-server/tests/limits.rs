@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 use umadb_proto::v1;
 use umadb_proto::v1::dcb_client::DcbClient;
+use umadb_proto::v1::error_response::ErrorType;
 
 async fn head_on_new_connection(server: &TestServer) -> Result<Option<u64>, tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(server.url())
@@ -74,8 +75,14 @@ async fn a_unary_call_over_the_request_timeout_fails_and_streams_are_not_cut() {
     let status = append(&mut client, append_request(events))
         .await
         .expect_err("the append outlives the timeout");
-    assert_eq!(status.code(), Code::Cancelled, "{status:?}");
-    assert!(status.message().contains("Timeout"), "{status:?}");
+    // DEADLINE_EXCEEDED with details saying what to do: not a bare CANCELLED, which clients
+    // take for a call their own user cancelled.
+    let message = assert_error(&status, Code::DeadlineExceeded, ErrorType::Io);
+    assert!(message.contains("may still be recorded"), "{message}");
+    assert_eq!(
+        umadb_proto::error_from_status(&status),
+        umadb_core::Error::Transport(message)
+    );
     // The subscription, open far longer than the timeout, is still open: whatever the append
     // wrote (it may have committed after its caller gave up) arrives, then it waits.
     // The append is atomic: once it is in, the head is 50,000; give it a moment to land.
@@ -90,7 +97,7 @@ async fn a_unary_call_over_the_request_timeout_fails_and_streams_are_not_cut() {
                     break;
                 }
             }
-            Err(status) => assert_eq!(status.code(), Code::Cancelled, "{status:?}"),
+            Err(status) => assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}"),
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -996,6 +996,11 @@ async fn shutdown_ends_subscriptions_cleanly_and_cuts_reads_short_with_unavailab
     assert!(received < 200);
     let message = assert_error(&status, Code::Unavailable, ErrorType::Io);
     assert!(message.contains("shutting down"), "{message}");
+    // A condition of the connection, not a failure of the server's disk.
+    assert_eq!(
+        umadb_proto::error_from_status(&status),
+        umadb_core::Error::Transport(message)
+    );
     tokio::time::timeout(WAIT, shutdown)
         .await
         .expect("shutdown is prompt")

@@ -47,7 +47,8 @@ class InvalidArgumentError(UmaDBError, ValueError):
     """An argument was rejected by the client or the server."""
 
 class TransportError(UmaDBError, RuntimeError):
-    """The server could not be reached, the connection broke, or the client is closed."""
+    """The server could not be reached, the connection broke, the client is closed, the server
+    is shutting down, or it did not answer within its request timeout."""
 
 class AuthenticationError(UmaDBError, PermissionError):
     """The server refused the API key (missing or wrong)."""
