@@ -1139,7 +1139,7 @@ fn reopen_persists_everything() {
             })
             .unwrap();
         let (events, _) = store.read_all(ReadRequest::default()).unwrap();
-        store.close();
+        store.close().expect("closed cleanly");
         events
     };
     let store = Store::open(&path).unwrap();
@@ -1750,7 +1750,7 @@ fn wait_for_head_wakes_on_close() {
         })
     };
     std::thread::sleep(Duration::from_millis(50));
-    store.close();
+    store.close().expect("closed cleanly");
     let (head, waited) = waiter.join().unwrap();
     assert_eq!(head, None);
     assert!(waited < timeout);
@@ -1773,7 +1773,7 @@ fn on_commit_reports_each_new_head_after_it_is_readable() {
     append(&store, vec![]);
     let _ = store.append(conditional(vec![event("B", &[])], Query::all(), None));
     append(&store, vec![event("C", &[])]);
-    store.close();
+    store.close().expect("closed cleanly");
     let heard: Vec<_> = rx.try_iter().collect();
     assert_eq!(heard, vec![(2, Some(Some(2))), (3, Some(Some(3)))]);
 }
@@ -1794,7 +1794,7 @@ fn close_answers_queued_appends_and_refuses_later_ones() {
             )
             .unwrap();
     }
-    store.close();
+    store.close().expect("closed cleanly");
     drop(tx);
     let mut answers: Vec<_> = rx.iter().collect();
     answers.sort_by_key(|(i, _)| *i);
@@ -1806,6 +1806,8 @@ fn close_answers_queued_appends_and_refuses_later_ones() {
         .is_err());
     // Reads still work on a closed store.
     assert_eq!(all_positions(&store).len(), 50);
+    // Closing again does nothing.
+    store.close().expect("a second close succeeds");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -60,6 +60,8 @@ pub enum ServerError {
     Tls(String),
     /// The gRPC transport failed.
     Transport(String),
+    /// The store was not closed cleanly at shutdown (nothing acknowledged is lost).
+    Close(umadb_core::Error),
 }
 
 impl fmt::Display for ServerError {
@@ -69,6 +71,11 @@ impl fmt::Display for ServerError {
             ServerError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             ServerError::Tls(m) => write!(f, "TLS: {m}"),
             ServerError::Transport(m) => write!(f, "gRPC transport: {m}"),
+            ServerError::Close(e) => write!(
+                f,
+                "the store was not closed cleanly: {e}; every acknowledged append is in its log, \
+                 which the next opening applies"
+            ),
         }
     }
 }
@@ -145,7 +152,16 @@ impl RunningServer {
         }
         let store = self.store.clone();
         // Answers any append still queued, then stops the writer.
-        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        let closed = tokio::task::spawn_blocking(move || store.close())
+            .await
+            .unwrap_or_else(|_| {
+                Err(umadb_core::Error::Internal(
+                    "closing the store stopped abnormally".into(),
+                ))
+            });
+        if let Err(e) = closed {
+            outcome = outcome.and(Err(ServerError::Close(e)));
+        }
         tracing::info!("stopped");
         outcome
     }

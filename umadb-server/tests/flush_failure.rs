@@ -146,7 +146,7 @@ async fn a_failed_log_flush_fails_its_append_and_refuses_later_ones_until_restar
         failing.server.log()
     );
 
-    failing.server.stop();
+    stop_unclean(&mut failing.server);
     restart_and_verify(&failing.db, &acknowledged).await;
 }
 
@@ -186,8 +186,22 @@ async fn a_failed_checkpoint_flush_refuses_later_appends_and_loses_none_acknowle
     assert_eq!(positions(&events), positions_of(&acknowledged));
     assert!(failing.server.is_running());
 
-    failing.server.stop();
+    stop_unclean(&mut failing.server);
     restart_and_verify(&failing.db, &acknowledged).await;
+}
+
+/// SIGTERM to a server whose log failed: it cannot write a closing checkpoint, says so, and
+/// exits 1 (a clean stop exits 0: `process.rs`).
+fn stop_unclean(server: &mut Umadb) {
+    let code = server.stop();
+    let log = server.log_with("not closed cleanly");
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("the store was not closed cleanly")
+            && log.contains("the log failed earlier")
+            && log.contains("the next opening applies"),
+        "{log}"
+    );
 }
 
 fn positions_of(acknowledged: &[(u64, usize)]) -> Vec<u64> {

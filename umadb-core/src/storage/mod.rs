@@ -233,7 +233,7 @@ pub struct Store {
     appends: bool,
     index_lag: u64,
     sender: Mutex<Option<mpsc::Sender<Job>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    writer: Mutex<Option<JoinHandle<Result<()>>>>,
 }
 
 impl Store {
@@ -679,21 +679,35 @@ impl Store {
     }
 
     /// Stops the writer after it has answered every queued append. Later appends fail.
-    pub fn close(&self) {
+    ///
+    /// An error says the store was not closed cleanly: its closing checkpoint could not be
+    /// written (or the log had failed before), or the data file could not be flushed. Every
+    /// acknowledged append is still in the log, and the next opening applies it. Closing a
+    /// closed store does nothing and succeeds.
+    pub fn close(&self) -> Result<()> {
         lock(&self.sender).take();
+        let mut outcome = Ok(());
         if let Some(writer) = lock(&self.writer).take() {
-            let _ = writer.join();
+            outcome = writer.join().unwrap_or_else(|_| {
+                Err(Error::Internal(
+                    "the writer thread stopped abnormally while closing".into(),
+                ))
+            });
             // The writer's last checkpoint flushed every commit; a failed one is retried here.
-            let _ = self.shared.env.force_sync();
+            if let Err(e) = self.shared.env.force_sync() {
+                outcome = outcome.and(Err(Error::Io(format!("cannot flush the data file: {e}"))));
+            }
         }
         self.shared.closed.store(true, Ordering::Release);
         self.shared.head_changed.notify_all();
+        outcome
     }
 }
 
 impl Drop for Store {
     fn drop(&mut self) {
-        self.close();
+        // Whoever needs to know how closing went calls `close` first.
+        let _ = self.close();
     }
 }
 

@@ -280,7 +280,7 @@ pub fn run(
     index_lag: u64,
     tail: Result<Tail>,
     log: Option<Log>,
-) {
+) -> Result<()> {
     let mut record = Vec::new();
     let mut index_keys = Vec::new();
     let (tail, mut log) = match (tail, log) {
@@ -303,7 +303,8 @@ pub fn run(
             while let Ok(job) = receiver.recv() {
                 (job.reply)(Err(refusal.clone()));
             }
-            return;
+            // Nothing was written: nothing to close.
+            return Ok(());
         }
     };
     shared.recent.extend(tail.indexed_head + 1, tail.events);
@@ -370,8 +371,11 @@ pub fn run(
         }
     }
     // Closing: the next opening finds nothing to apply, and takes the data file as it is.
-    if log.broken.is_none() {
-        let _ = log.checkpoint_now(&shared.env, shared.head.load(Ordering::Acquire), true);
+    match &log.broken {
+        None => log.checkpoint_now(&shared.env, shared.head.load(Ordering::Acquire), true),
+        Some(reason) => Err(Error::Io(format!(
+            "no closing checkpoint was written: the log failed earlier ({reason})"
+        ))),
     }
 }
 

@@ -107,11 +107,24 @@ impl Umadb {
     }
 
     /// SIGTERM: the server closes its store cleanly (a last checkpoint, so the next opening
-    /// takes the data file as it is); waits for it to exit.
-    pub fn stop(&mut self) {
+    /// takes the data file as it is); waits for it to exit, and gives its exit code.
+    pub fn stop(&mut self) -> Option<i32> {
         // SAFETY: kill(2) on our own child's pid, which it keeps until we wait for it.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let _ = self.child.wait();
+        self.child.wait().ok().and_then(|status| status.code())
+    }
+
+    /// The log once it holds `text`, or after [`WAIT`] (a process's last lines reach the log a
+    /// moment after it exits).
+    pub fn log_with(&self, text: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let log = self.log();
+            if log.contains(text) || Instant::now() >= deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Whether the process is still running.
