@@ -151,7 +151,7 @@ impl<R: Message + Default> Decoder for RequestDecoder<R> {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
         // INTERNAL without details, as tonic reports undecodable requests: `wire_errors`
-        // turns it into the SERIALIZATION error of DESIGN.md.
+        // turns it into the INVALID_ARGUMENT error DESIGN.md gives bad input.
         R::decode(src)
             .map(Some)
             .map_err(|e| Status::internal(e.to_string()))

@@ -122,7 +122,9 @@ fn rewrite(response: http::Response<Body>, max_message_bytes: usize) -> http::Re
              message ({}); send fewer or smaller events per append",
             status.message()
         )),
-        Code::Internal => Error::Serialization(format!(
+        // Bad input, as DESIGN.md counts garbage bytes: INVALID_ARGUMENT of type
+        // INVALID_ARGUMENT, like every other input the server refuses.
+        Code::Internal => Error::InvalidArgument(format!(
             "the request is not a valid umadb.v1 message ({})",
             status.message()
         )),

@@ -280,7 +280,7 @@ async fn invalid_utf8_in_strings_is_refused_and_touches_nothing() {
         ("tracking source", "GetTrackingInfo", bad_source),
     ] {
         let status = send_raw_unary(&server, method, bytes).await;
-        assert_error(&status, Code::InvalidArgument, ErrorType::Serialization);
+        assert_error(&status, Code::InvalidArgument, ErrorType::InvalidArgument);
         assert_untouched_and_serving(&server, case).await;
     }
 }

@@ -515,7 +515,7 @@ async fn garbage_and_truncated_messages_are_refused_and_touch_nothing() {
     for method in ["Append", "Read", "Subscribe", "GetTrackingInfo"] {
         for bytes in [garbage.clone(), truncated.clone()] {
             let status = send_raw(&server, method, bytes).await;
-            let message = assert_error(&status, Code::InvalidArgument, ErrorType::Serialization);
+            let message = assert_error(&status, Code::InvalidArgument, ErrorType::InvalidArgument);
             assert!(message.contains("not a valid"), "{message}");
         }
     }
