@@ -77,7 +77,9 @@ where
 }
 
 /// The client's deadline for the call, from its `grpc-timeout` header (up to 8 digits and a
-/// unit); none when absent or malformed.
+/// unit); none when absent or malformed. tonic's server also bounds the call by it (outside
+/// this wrapper, answering a bare CANCELLED if its timer is seen first); the client stops
+/// waiting at that moment itself, so what it is answered then matters little.
 fn client_deadline(headers: &http::HeaderMap) -> Option<Duration> {
     let value = headers.get("grpc-timeout")?.to_str().ok()?;
     let unit_at = value.len().checked_sub(1)?;
