@@ -197,26 +197,23 @@ pub fn status_from_error(error: &core::Error) -> Status {
         core::Error::Cancelled(_) => (Code::Cancelled, ErrorType::Internal),
         core::Error::Internal(_) => (Code::Internal, ErrorType::Internal),
     };
+    with_error_response(code, error_type, error.message())
+}
+
+/// A status with `message`, its `ErrorResponse` in the details.
+fn with_error_response(code: Code, error_type: ErrorType, message: &str) -> Status {
     let details = v1::ErrorResponse {
-        message: error.message().to_string(),
+        message: message.to_string(),
         error_type: error_type as i32,
     };
-    Status::with_details(code, error.message(), details.encode_to_vec().into())
+    Status::with_details(code, message, details.encode_to_vec().into())
 }
 
 /// The status for a call the server stopped waiting for at its deadline (the server's request
 /// timeout, or the client's `grpc-timeout` when shorter): DEADLINE_EXCEEDED, with an
 /// `ErrorResponse` of type IO. What the call started may still complete afterwards.
 pub fn deadline_exceeded(message: &str) -> Status {
-    let details = v1::ErrorResponse {
-        message: message.to_string(),
-        error_type: ErrorType::Io as i32,
-    };
-    Status::with_details(
-        Code::DeadlineExceeded,
-        message,
-        details.encode_to_vec().into(),
-    )
+    with_error_response(Code::DeadlineExceeded, ErrorType::Io, message)
 }
 
 /// The error a status stands for: from its `ErrorResponse` details when present, otherwise from
