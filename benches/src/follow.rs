@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::machine::CpuClock;
-use crate::workload::{progress, standard_event, summarise, tick, RunResult, Tally, Target};
+use crate::workload::{
+    describe, progress, standard_event, summarise, tick, RunResult, Tally, Target,
+};
 use umadb_proto::v1;
 
 /// How long subscribers may take, after the writers stop, to receive the events written.
@@ -136,7 +138,7 @@ async fn first_head(target: &Target) -> Result<u64, String> {
     let head = client
         .head(target.request(v1::HeadRequest {}))
         .await
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+        .map_err(describe)?;
     Ok(head.into_inner().position.unwrap_or(0))
 }
 
@@ -146,10 +148,7 @@ static NEXT: AtomicU64 = AtomicU64::new(0);
 /// [`FollowSpec::OwnTag`], carrying the tag of one subscriber in turn.
 async fn writer(target: Target, spec: FollowSpec, shared: Arc<Shared>, deadline: Instant) -> Tally {
     let mut tally = Tally::default();
-    let mut client = match target.connect().await {
-        Ok(c) => c,
-        Err(e) => return Tally::failed(e),
-    };
+    let mut client = connect_or_fail!(target);
     let subscribers = shared.written.len();
     while Instant::now() < deadline {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -180,7 +179,7 @@ async fn writer(target: Target, spec: FollowSpec, shared: Arc<Shared>, deadline:
                 }
                 Ok(1)
             }
-            Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
+            Err(status) => Err(describe(status)),
         };
         tally.record(t, result);
     }
@@ -199,10 +198,7 @@ async fn subscriber(
     seconds: u64,
 ) -> Tally {
     let mut tally = Tally::default();
-    let mut client = match target.connect().await {
-        Ok(c) => c,
-        Err(e) => return Tally::failed(e),
-    };
+    let mut client = connect_or_fail!(target);
     let tag = follow_tag(k);
     let query = match spec {
         FollowSpec::Everything => None,
@@ -220,7 +216,7 @@ async fn subscriber(
     });
     let mut stream = match client.subscribe(request).await {
         Ok(response) => response.into_inner(),
-        Err(s) => return Tally::failed(format!("{:?}: {}", s.code(), s.message())),
+        Err(s) => return Tally::failed(describe(s)),
     };
     let give_up = Instant::now() + Duration::from_secs(seconds) + DRAIN;
     let mut last = start;
@@ -246,7 +242,7 @@ async fn subscriber(
                 return tally;
             }
             Ok(Err(s)) => {
-                tally.fail(format!("{:?}: {}", s.code(), s.message()));
+                tally.fail(describe(s));
                 return tally;
             }
         };

@@ -1,6 +1,17 @@
 //! UmaDB benchmark tooling: the `umadb-bench` load generator's workloads and reports. The
 //! engine's criterion benchmarks are in `benches/core.rs`.
 
+/// Connects a client function's connection to its target, or returns from that function with
+/// the failure as its whole tally.
+macro_rules! connect_or_fail {
+    ($target:expr) => {
+        match $target.connect().await {
+            Ok(client) => client,
+            Err(e) => return crate::workload::Tally::failed(e),
+        }
+    };
+}
+
 pub mod follow;
 pub mod machine;
 pub mod report;

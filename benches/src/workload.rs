@@ -98,6 +98,11 @@ pub(crate) struct Tally {
     first_error: Option<String>,
 }
 
+/// A failed call as the results report it: its code and message.
+pub(crate) fn describe(status: tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
 impl Tally {
     /// A client that could not even start: one error, nothing done.
     pub(crate) fn failed(error: String) -> Self {
@@ -283,10 +288,7 @@ async fn append_client(
     client_id: usize,
 ) -> Tally {
     let mut tally = Tally::default();
-    let mut client = match target.connect().await {
-        Ok(c) => c,
-        Err(e) => return Tally::failed(e),
-    };
+    let mut client = connect_or_fail!(target);
     let mut after = client
         .head(target.request(v1::HeadRequest {}))
         .await
@@ -327,7 +329,7 @@ async fn append_client(
                 after = Some(response.into_inner().position);
                 Ok(spec.events_per_request as u64)
             }
-            Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
+            Err(status) => Err(describe(status)),
         };
         tally.record(t, result);
     }
@@ -338,15 +340,12 @@ async fn append_client(
 /// round trip alone allows on this machine (the ceiling for one-event appends).
 async fn head_client(target: Target, deadline: Instant) -> Tally {
     let mut tally = Tally::default();
-    let mut client = match target.connect().await {
-        Ok(c) => c,
-        Err(e) => return Tally::failed(e),
-    };
+    let mut client = connect_or_fail!(target);
     while Instant::now() < deadline {
         let t = Instant::now();
         let result = match client.head(target.request(v1::HeadRequest {})).await {
             Ok(_) => Ok(0),
-            Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
+            Err(status) => Err(describe(status)),
         };
         tally.record(t, result);
     }
@@ -355,10 +354,7 @@ async fn head_client(target: Target, deadline: Instant) -> Tally {
 
 async fn read_client(target: Target, spec: ReadSpec, deadline: Instant, client_id: usize) -> Tally {
     let mut tally = Tally::default();
-    let mut client = match target.connect().await {
-        Ok(c) => c,
-        Err(e) => return Tally::failed(e),
-    };
+    let mut client = connect_or_fail!(target);
     let mut k = client_id as u64 * 7919;
     while Instant::now() < deadline {
         if let ReadSpec::CatchUp = spec {
@@ -406,11 +402,10 @@ enum Read {
 
 /// Subscribes from the start and reads until the head of when it began; the events read.
 async fn catch_up(target: &Target, client: &mut DcbClient<Connection>) -> Result<u64, String> {
-    let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
     let head = client
         .head(target.request(v1::HeadRequest {}))
         .await
-        .map_err(status)?
+        .map_err(describe)?
         .into_inner()
         .position
         .unwrap_or(0);
@@ -422,11 +417,11 @@ async fn catch_up(target: &Target, client: &mut DcbClient<Connection>) -> Result
     let mut stream = client
         .subscribe(request)
         .await
-        .map_err(status)?
+        .map_err(describe)?
         .into_inner();
     let mut events = 0;
     while events < head {
-        let Some(response) = stream.message().await.map_err(status)? else {
+        let Some(response) = stream.message().await.map_err(describe)? else {
             return Err(format!(
                 "the subscription ended after {events} of {head} events"
             ));
@@ -444,18 +439,10 @@ async fn read_until(
     request: Request<v1::ReadRequest>,
     deadline: Instant,
 ) -> Result<Read, String> {
-    let mut stream = client
-        .read(request)
-        .await
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
-        .into_inner();
+    let mut stream = client.read(request).await.map_err(describe)?.into_inner();
     let mut events = 0;
     let mut past_deadline = false;
-    while let Some(response) = stream
-        .message()
-        .await
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
-    {
+    while let Some(response) = stream.message().await.map_err(describe)? {
         // A batch after the one that crossed the deadline: the read would go on, so it is cut
         // (that batch uncounted). A stream that ends instead was read whole.
         if past_deadline {
