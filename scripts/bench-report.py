@@ -233,19 +233,26 @@ in turn, so that each event reaches one subscriber and the other 63 stay idle fo
 carries the time its append request left its writer, and the subscribers' p50 and p99 are
 delivery latencies from then to the event's arrival, so they include the append's own latency;
 their events/s counts deliveries to all subscribers together. Each subscriber checks what it
-receives (in order, none missing or repeated, only what it follows), and any departure counts
-as an error. With 64 subscribers on tags of their own, an event first took twice as long to
-reach its subscriber as its append took: a subscription is woken only by commits holding an
-event it matches, so its new range spanned the ~64 positions since its last, more than a read
-on the async thread was allowed, and the read went to the read threads, which yield to appends
-under load. Now the fanout counts the matching events of each subscription it wakes
-(`fanout::Wake`), and a subscription with at most a batch of events to read reads them on the
-async thread however many positions the range spans. Alternating runs of the builds before and
-with it (`follow --writers 64 --subscribers 64 --own-tag --seconds 3`, fresh copies of the 1M
-store, 3 rounds): delivery p50 9.51, 11.02, 8.95 ms → 5.25, 4.64, 4.74 ms, p99 35.5, 76.7,
-64.8 → 18.1, 20.2, 17.0 ms, against appends' p50 of 3.8–4.6 ms in all six; the writers'
-rate unchanged (11,537–14,036 and 12,371–13,828 events/s). With 8 writers and 4 subscribers on
-every event both builds delivered within 0.1 ms of the append (p50 1.14–1.27 ms).
+receives (in order, none missing or repeated, only what it follows), and any departure counts as
+an error. With 64 subscribers on tags of their own, an event first took twice as long to reach
+its subscriber as its append took: a subscription is woken only by commits holding an event it
+matches, so its new range spanned the ~64 positions since its last, more than a read on the
+async thread was allowed, and the read went to the read threads, which yield to appends under
+load. Now the fanout counts the matching events of each subscription it wakes (`fanout::Wake`),
+and a subscription with at most a batch of events to read reads them on the async thread however
+many positions the range spans. Alternating runs of the builds before and with it (`follow
+--writers 64 --subscribers 64 --own-tag --seconds 3`, fresh copies of the 1M store, 3 rounds):
+delivery p50 9.51, 11.02, 8.95 ms → 5.25, 4.64, 4.74 ms, p99 35.5, 76.7, 64.8 → 18.1, 20.2, 17.0
+ms, against appends' p50 of 3.8–4.6 ms in all six; the writers' rate unchanged (11,537–14,036
+and 12,371–13,828 events/s). With 8 writers and 4 subscribers on every event both builds
+delivered within 0.1 ms of the append (p50 1.14–1.27 ms). With 64 subscribers on every event
+(`follow --writers 8 --subscribers 64 --seconds 3`, 2026-12-04) the 8 writers made 7,271–7,467
+events/s, against 16,767 beside 4 subscribers, and the machine was about a fifth idle (`perf
+record -a`, 2 s; no symbol above 2% of it): each commit's events go out in 64 messages, about
+10 µs of the server's async threads' time each. With 64 writers the same
+subscribers got 1.27M events/s and the writers 19,841. Answering a group's appends before the
+server's fan-out hears of the new head (an experiment, not kept) did not help the 8 writers:
+7,467 and 7,271 → 7,062 and 6,610 events/s in two alternating rounds.
 
 The journal (2026-12-02) made 8 writers alone faster, not the writers beside readers, so the
 writers' drop grew. Alternating runs of the builds before and with it on fresh copies of the
@@ -327,9 +334,22 @@ from the disk's cache. Meeting the pair on this machine needs an append that cos
 half of what it does; the load generator's share of that cost would not be there with the
 clients on other machines.
 
+The same accounting on the quiet, faster machine of 2026-12-04 (probe: fdatasync 0.13 ms, the
+Python loop 0.54 s; three rounds of `append --clients 8`, `read --clients 4` and `mixed
+--writers 8 --readers 4`, 3 s each, fresh copies of the 1M store, the CPU split from the JSON's
+`cpu`): the writers alone made 18,073–19,003 events/s with the machine 60–61% busy (16–17%
+waiting on the disk, the rest idle), the readers alone 4.63–5.07M events/s at 89–95% busy, and
+the writers beside the readers 11,660–12,772. Three quarters of each would take 0.75 × (0.61 +
+0.93) = 1.15 machines. An append at 8 clients cost 64–68 µs of the machine's time (its busy
+share of two cores over the rate) and a `head` call at 8 clients 20 µs (99,211–101,425 calls/s,
+the machine saturated). For the readers to keep three quarters of their rate, the writers at
+three quarters of theirs may use a quarter of the machine: 35 µs per append, of which the gRPC
+round trip alone takes 20. The storage side of an append, about 45 µs here (mostly the writer
+thread's switches and the kernel's write and flush of each small group), would have to cost 15.
+
 At low concurrency a call's cost is mostly its threads parking and waking each other. Counted
 with `perf stat -a -e context-switches` over 2 s in the middle of a run (2026-12-03, the
-machine of the tables): `head --clients 1` made 8 switches per call (4,690 calls/s, p50
+machine of the tables then): `head --clients 1` made 8 switches per call (4,690 calls/s, p50
 0.20 ms, the machine 44% busy: about 186 µs of CPU time per call, against 44 µs with 8 clients
 keeping it busy), `head --clients 8` 0.4, `append --clients 1` 19 per append and `append
 --clients 8` 4.4. On a virtual machine, waking a parked core goes through the hypervisor. The
