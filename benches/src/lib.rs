@@ -1,8 +1,8 @@
 //! UmaDB benchmark tooling: the `umadb-bench` load generator's workloads and reports. The
 //! engine's criterion benchmarks are in `benches/core.rs`.
 
-/// Connects a client function's connection to its target, or returns from that function with
-/// the failure as its whole tally.
+/// Connects to a target, or returns from the calling client function with the failure as its
+/// whole tally.
 macro_rules! connect_or_fail {
     ($target:expr) => {
         match $target.connect().await {
