@@ -498,6 +498,14 @@ Measured in alternating pairs against the build before (one thread, the same ser
 tag-query read 0.29–0.35 → 0.21–0.22 ms at the median, iterating the store 1.07–1.25M →
 1.84–1.91M events/s; `head` and `append` unchanged.
 
+The package's runtime keeps one worker thread per core. With one worker in all
+(`TOKIO_WORKER_THREADS=1`, an experiment of 2026-12-04, not kept; the same server, alternating
+runs of the default and one worker, 3,000 calls or 2 s each), one thread's `append` had a lower
+median, 0.383, 0.423 and 0.400 → 0.333, 0.346 and 0.315 ms, but not a higher rate (2,116–2,436
+→ 2,251–2,388 appends/s: the slow calls got slower); 8 threads appending made 11,916–13,896 →
+11,774–13,442 appends/s, 32 threads 23,328–24,586 → 21,935–23,177, and 32 concurrent appends
+through one `AsyncClient` 14,700–15,558 → 11,940–12,125. The second worker stays.
+
 ## Sweeps over clients
 
 `umadb-bench sweep --workload append --max-clients 256 --seconds {secs}` (and `append-conditional`,
