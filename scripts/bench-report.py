@@ -248,11 +248,11 @@ and 12,371–13,828 events/s). With 8 writers and 4 subscribers on every event b
 delivered within 0.1 ms of the append (p50 1.14–1.27 ms). With 64 subscribers on every event
 (`follow --writers 8 --subscribers 64 --seconds 3`, 2026-12-04) the 8 writers made 7,271–7,467
 events/s, against 16,767 beside 4 subscribers, and the machine was about a fifth idle (`perf
-record -a`, 2 s; no symbol above 2% of it): each commit's events go out in 64 messages, about
-10 µs of the server's async threads' time each. With 64 writers the same
-subscribers got 1.27M events/s and the writers 19,841. Answering a group's appends before the
-server's fan-out hears of the new head (an experiment, not kept) did not help the 8 writers:
-7,467 and 7,271 → 7,062 and 6,610 events/s in two alternating rounds.
+record -a`, 2 s; no symbol above 2% of it): each commit's events go out in 64 messages, about 10
+µs of the server's async threads' time each. With 64 writers the same subscribers got 1.27M
+events/s and the writers 19,841. Answering a group's appends before the server's fan-out hears
+of the new head (an experiment, not kept) did not help the 8 writers: 7,467 and 7,271 → 7,062
+and 6,610 events/s in two alternating rounds.
 
 The journal (2026-12-02) made 8 writers alone faster, not the writers beside readers, so the
 writers' drop grew. Alternating runs of the builds before and with it on fresh copies of the
@@ -501,10 +501,11 @@ tag-query read 0.29–0.35 → 0.21–0.22 ms at the median, iterating the store
 The package's runtime keeps one worker thread per core. With one worker in all
 (`TOKIO_WORKER_THREADS=1`, an experiment of 2026-12-04, not kept; the same server, alternating
 runs of the default and one worker, 3,000 calls or 2 s each), one thread's `append` had a lower
-median, 0.383, 0.423 and 0.400 → 0.333, 0.346 and 0.315 ms, but not a higher rate (2,116–2,436
-→ 2,251–2,388 appends/s: the slow calls got slower); 8 threads appending made 11,916–13,896 →
-11,774–13,442 appends/s, 32 threads 23,328–24,586 → 21,935–23,177, and 32 concurrent appends
-through one `AsyncClient` 14,700–15,558 → 11,940–12,125. The second worker stays.
+median, 0.383, 0.423 and 0.400 → 0.333, 0.346 and 0.315 ms, but not a higher rate in separate
+runs (2,116–2,436 → 2,251–2,388 appends/s: its mean call no shorter); 8 threads appending made
+11,916–13,896 → 11,774–13,442 appends/s, 32 threads 23,328–24,586 → 21,935–23,177, and 32
+concurrent appends through one `AsyncClient` 14,700–15,558 → 11,940–12,125. The second worker
+stays.
 
 ## Sweeps over clients
 
